@@ -1,0 +1,71 @@
+"""The exported model folder: HF weights (safetensors) + tokenizer + `mlc_dist.json`.
+
+Owns the on-disk format that training writes and scoring reads; no training or Ray here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from mlc_dist.labels import LabelSpace
+
+META_FILE = "mlc_dist.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelMeta:
+    label_space: LabelSpace
+    thresholds: list[float]
+    text_column: str
+    text_pair_column: str | None
+    max_length: int
+    base_model: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "labels": self.label_space.to_dict(),
+                "thresholds": self.thresholds, "text_column": self.text_column,
+                "text_pair_column": self.text_pair_column, "max_length": self.max_length,
+                "base_model": self.base_model, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelMeta":
+        known = {"format_version", "labels", "thresholds", "text_column", "text_pair_column",
+                 "max_length", "base_model"}
+        return cls(LabelSpace.from_dict(d["labels"]), [float(t) for t in d["thresholds"]],
+                   d["text_column"], d.get("text_pair_column"), int(d["max_length"]),
+                   d.get("base_model", ""), {k: v for k, v in d.items() if k not in known})
+
+
+def save_export(directory: str, model, tokenizer, meta: ModelMeta) -> None:
+    os.makedirs(directory, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    write_meta(directory, meta)
+
+
+def write_meta(directory: str, meta: ModelMeta) -> None:
+    with open(os.path.join(directory, META_FILE), "w") as f:
+        json.dump(meta.to_dict(), f, indent=2)
+
+
+def read_meta(directory: str) -> ModelMeta:
+    path = os.path.join(directory, META_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: not an exported mlc-dist model (no {META_FILE})")
+    with open(path) as f:
+        return ModelMeta.from_dict(json.load(f))
+
+
+def load_export(directory: str, trust_remote_code: bool = False):
+    """(model in eval mode, tokenizer, meta) from an exported folder; weights via safetensors."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    meta = read_meta(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        directory, trust_remote_code=trust_remote_code, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return model.eval(), tokenizer, meta

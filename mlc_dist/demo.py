@@ -1,0 +1,66 @@
+"""A generated corpus in the Jigsaw toxic-comments layout whose labels follow from the text.
+
+For the quickstart and tests: the real Jigsaw set cannot be shipped, its layout can.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+JIGSAW_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+
+_NEUTRAL = (
+    "the article was about a small town and its history the editors added sources "
+    "please check the talk page before you revert this edit i think the section on early "
+    "life needs more citations thanks for the quick reply we can discuss the wording later "
+    "the map shows the river and the old bridge near the station this page could use a photo "
+    "of the building someone moved the paragraph about the election to the wrong place "
+    "good work on the references table the dates in the infobox do not match the text"
+).split()
+_CUES = {
+    "toxic": ("awful", "pathetic", "stupid", "garbage", "nonsense", "ridiculous"),
+    "severe_toxic": ("disgusting", "vile", "repulsive", "despicable"),
+    "obscene": ("crap", "damn", "bloody", "freaking"),
+    "threat": ("hurt", "destroy", "punish", "regret", "hunt"),
+    "insult": ("idiot", "fool", "clown", "loser", "moron"),
+    "identity_hate": ("outsiders", "foreigners", "immigrants", "heathens"),
+}
+# Marginal rates, roughly Jigsaw's shape (toxic common, threat and identity_hate rare).
+_RATES = {"toxic": 0.2, "obscene": 0.1, "threat": 0.05, "insult": 0.1, "identity_hate": 0.05}
+
+
+def generate(rows: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    labels = {name: rng.random(rows) < rate for name, rate in _RATES.items()}
+    # severe_toxic only on toxic rows; insults and obscenity make toxic more likely.
+    labels["toxic"] |= (labels["insult"] | labels["obscene"]) & (rng.random(rows) < 0.5)
+    labels["severe_toxic"] = labels["toxic"] & (rng.random(rows) < 0.15)
+    texts = []
+    for i in range(rows):
+        words = list(rng.choice(_NEUTRAL, size=rng.integers(6, 40)))
+        for name in JIGSAW_LABELS:
+            # Cues of an active label, plus an occasional stray cue so the task is not trivial.
+            if labels[name][i] or rng.random() < 0.02:
+                for _ in range(rng.integers(1, 3)):
+                    words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(_CUES[name])))
+        texts.append(" ".join(words).capitalize() + ".")
+    columns = {"id": [f"{seed:02d}{i:08x}" for i in range(rows)], "comment_text": texts}
+    columns.update({name: labels[name].astype(np.int64) for name in JIGSAW_LABELS})
+    return pa.table(columns)
+
+
+def write_demo(out_dir: str, rows: int, seed: int = 0) -> dict[str, str]:
+    """train.csv (labelled) and score.parquet (ids + text, a quarter the size) under out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    train = generate(rows, seed)
+    score = generate(max(1, rows // 4), seed + 1).select(["id", "comment_text"])
+    paths = {"train": os.path.join(out_dir, "train.csv"),
+             "score": os.path.join(out_dir, "score.parquet")}
+    pacsv.write_csv(train, paths["train"])
+    pq.write_table(score, paths["score"])
+    return paths

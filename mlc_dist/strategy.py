@@ -1,0 +1,108 @@
+"""How a model is trained across workers: prepare(model, cfg) -> Engine (DDP for now).
+
+The only module that wraps models for parallelism; the train loop talks to the Engine and has
+no strategy-specific branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+
+from mlc_dist.config import TrainConfig
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # No weight decay on biases and norm weights (the BERT recipe).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class DDPEngine:
+    """DDP via Ray Train, AdamW with linear warmup/decay, AMP, accumulation and clipping."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, num_training_steps: int):
+        import ray.train.torch
+        from transformers import get_linear_schedule_with_warmup
+
+        self.cfg = cfg
+        self.device = ray.train.torch.get_device()
+        self.model = ray.train.torch.prepare_model(model)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(cfg.warmup_ratio * num_training_steps), num_training_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self._micro = 0
+
+    @property
+    def module(self) -> nn.Module:
+        """The single-device model inside the wrapper (what gets saved and exported)."""
+        return getattr(self.model, "module", self.model)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.cfg.precision],
+                              enabled=self.cfg.precision != "fp32")
+
+    @contextlib.contextmanager
+    def accumulate(self):
+        """Forward+backward of one micro-batch; DDP syncs gradients only on the last of a step."""
+        boundary = (self._micro + 1) % self.cfg.grad_accum_steps == 0
+        sync = contextlib.nullcontext() if boundary or not hasattr(self.model, "no_sync") \
+            else self.model.no_sync()
+        with sync, self.autocast():
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
+        self._micro += 1
+
+    def step(self, flush: bool = False) -> bool:
+        """Apply an optimizer step at an accumulation boundary (or when flushing an epoch end)."""
+        if self._micro == 0 or (self._micro % self.cfg.grad_accum_steps and not flush):
+            return False
+        if self.cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._micro = 0
+        return True
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def save(self, directory: str, rank: int) -> None:
+        """Optimizer/scheduler/scaler state; DDP replicas are identical, so rank 0 writes it."""
+        if rank == 0:
+            torch.save({"optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict()},
+                       os.path.join(directory, "engine_state.pt"))
+
+    def load(self, directory: str) -> None:
+        from safetensors.torch import load_file
+
+        weights = load_file(os.path.join(directory, "model", "model.safetensors"))
+        self.module.load_state_dict(weights, strict=False)
+        # weights_only: we never unpickle arbitrary objects, even from our own checkpoints.
+        state = torch.load(os.path.join(directory, "engine_state.pt"), weights_only=True,
+                           map_location="cpu")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def prepare(model: nn.Module, cfg: TrainConfig, num_training_steps: int) -> DDPEngine:
+    return DDPEngine(model, cfg, num_training_steps)

@@ -1,0 +1,256 @@
+"""Ray Train fine-tuning: train_loop_per_worker(config) on each worker, fit(job) on the driver.
+
+Owns the step loop, evaluation gathering, checkpoints and the final export. Model building,
+parallel wrapping and metrics live in their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from mlc_dist import data, metrics, strategy
+from mlc_dist.artifacts import ModelMeta, save_export
+from mlc_dist.config import JobConfig
+from mlc_dist.labels import LabelSpace
+from mlc_dist.losses import build_loss
+from mlc_dist.models import build_model, resolve_model_path
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.pt"
+
+
+class Collate(NumpyBatchCollateFn):
+    """Ragged token rows -> padded CPU tensors, padded to this batch's longest row."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {k: torch.from_numpy(v) for k, v in data.pad_batch(batch, self.pad_token_id).items()}
+        out["labels"] = torch.from_numpy(np.asarray(batch[data.LABELS], dtype=np.float32))
+        return out
+
+
+def _gather(array: np.ndarray) -> np.ndarray:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return array
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+@torch.inference_mode()
+def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int):
+    """Probabilities and labels for the whole validation set, on every rank.
+
+    Every rank reads the full (unsplit) validation set and runs the model on every world-th batch,
+    so no row is dropped or counted twice, then the parts are gathered.
+    """
+    engine.model.eval()
+    probs, labels = [], []
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate)):
+        if i % world != rank:
+            continue
+        inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "labels"}
+        with engine.autocast():
+            logits = engine.module(**inputs).logits
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        labels.append(batch["labels"].numpy())
+    engine.model.train()
+    num_labels = engine.module.config.num_labels
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, num_labels), np.float32)  # noqa: E731
+    return _gather(cat(probs)), _gather(cat(labels))
+
+
+def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int) -> str:
+    # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
+    directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
+    if rank == 0:
+        save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta)
+        torch.save(state, os.path.join(directory, STATE_FILE))
+    engine.save(directory, rank)
+    torch.save({"torch_rng": torch.get_rng_state()}, os.path.join(directory, f"rng_rank{rank}.pt"))
+    return directory
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    from transformers import AutoTokenizer, set_seed
+
+    job = JobConfig.model_validate(config["job"])
+    tcfg = job.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    set_seed(tcfg.seed)
+    space = LabelSpace.from_dict(config["label_space"])
+    model_path = resolve_model_path(job.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    engine = strategy.prepare(build_model(job.model, space), tcfg, config["num_training_steps"])
+    loss_fn = build_loss(config["pos_weight"]).to(engine.device)
+    meta = ModelMeta(space, [0.5] * len(space), job.data.text_column, job.data.text_pair_column,
+                     job.data.max_length, job.model.name)
+    collate = Collate(tokenizer.pad_token_id)
+
+    state = {"global_step": 0, "epoch": 0, "batches_done": 0, "history": [], "train_time_s": 0.0,
+             "train_samples": 0, "train_tokens": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            engine.load(directory)
+            state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+            rng_file = os.path.join(directory, f"rng_rank{rank}.pt")
+            if os.path.exists(rng_file):
+                torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
+        if rank == 0:
+            print(f"[mlc-dist] resumed from checkpoint at step {state['global_step']} "
+                  f"(epoch {state['epoch']}, batch {state['batches_done']})", flush=True)
+
+    reported = []
+
+    def report(eval_metrics: dict) -> None:
+        reported.append(state["global_step"])
+        if eval_metrics:
+            state["history"].append({"step": state["global_step"], **eval_metrics})
+        directory = _save_checkpoint(engine, tokenizer, meta, state, rank)
+        ray.train.report({**eval_metrics, "step": state["global_step"], "epoch": state["epoch"]},
+                         checkpoint=ray.train.Checkpoint.from_directory(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def validate() -> dict:
+        probs, labels = evaluate(engine, val_shard, collate, tcfg.batch_size_per_worker * 2, rank,
+                                 world)
+        return {f"val_{k}": v for k, v in metrics.summary(labels, probs, meta.thresholds).items()}
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+    total = config["num_training_steps"]
+    engine.model.train()
+    while state["epoch"] < tcfg.epochs and state["global_step"] < total:
+        batches = train_shard.iter_torch_batches(
+            batch_size=tcfg.batch_size_per_worker, collate_fn=collate, prefetch_batches=2,
+            local_shuffle_buffer_size=tcfg.shuffle_buffer_rows or None,
+            local_shuffle_seed=tcfg.seed + state["epoch"])
+        start, window_loss, window_n = time.perf_counter(), 0.0, 0
+        for i, batch in enumerate(batches):
+            if i < state["batches_done"]:  # mid-epoch resume: skip what the checkpoint holds
+                continue
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            with engine.accumulate():
+                logits = engine.model(**batch).logits  # [B, num_labels]
+                loss = loss_fn(logits.float(), labels)
+                engine.backward(loss)
+            state["batches_done"] += 1
+            state["train_samples"] += len(labels) * world
+            state["train_tokens"] += int(batch["attention_mask"].sum()) * world
+            window_loss, window_n = window_loss + loss.item(), window_n + 1
+            if not engine.step():
+                continue
+            state["global_step"] += 1
+            step = state["global_step"]
+            if step % tcfg.log_every_steps == 0 or step == total:
+                state["history"].append({"step": step, "loss": window_loss / window_n,
+                                         "lr": engine.lr})
+                if rank == 0:
+                    print(f"[mlc-dist] step {step}/{total} epoch {state['epoch']} "
+                          f"loss {window_loss / window_n:.4f} lr {engine.lr:.2e}", flush=True)
+                window_loss, window_n = 0.0, 0
+            if step >= total:
+                break
+            if tcfg.eval_every_steps and step % tcfg.eval_every_steps == 0:
+                report(validate())
+            elif tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
+                report({})
+        else:
+            if engine.step(flush=True):
+                state["global_step"] += 1
+            state["epoch"] += 1
+            state["batches_done"] = 0
+        state["train_time_s"] += time.perf_counter() - start
+        report(validate())
+    if not reported:  # a rerun of a finished run: report its final state again
+        report(validate())
+
+
+def count_training_steps(job: JobConfig, num_rows: int) -> int:
+    """Optimizer steps: per epoch each worker sees an equal share of rows (Ray's equal split)."""
+    batches = math.ceil((num_rows // job.scaling.num_workers) / job.train.batch_size_per_worker)
+    per_epoch = max(1, math.ceil(batches / job.train.grad_accum_steps))
+    total = per_epoch * job.train.epochs
+    return min(total, job.train.max_steps) if job.train.max_steps else total
+
+
+def fit(job: JobConfig) -> dict:
+    """Prepare data, run the TorchTrainer, export the model and write metrics.json."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mlc_dist.runtime import init_ray
+
+    init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
+    prepared = data.prepare(job.data, job.train.seed)
+    model_path = resolve_model_path(job.model.name)
+    datasets = {name: data.tokenize(ds, model_path, job.data.max_length, keep=[data.LABELS])
+                for name, ds in (("train", prepared.train), ("validation", prepared.validation))}
+    num_steps = count_training_steps(job, prepared.train_stats.num_rows)
+    print(f"[mlc-dist] {prepared.train_stats.num_rows} training rows, "
+          f"{prepared.validation_stats.num_rows} validation rows, {len(prepared.label_space)} "
+          f"labels, {num_steps} optimizer steps on {job.scaling.num_workers} worker(s)", flush=True)
+    run_dir = os.path.abspath(job.run_dir)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job.model_dump(),
+            "label_space": prepared.label_space.to_dict(),
+            "num_training_steps": num_steps,
+            "pos_weight": prepared.pos_weight(job.train.pos_weight_max) if job.train.pos_weight
+            else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=job.run.name, storage_path=os.path.abspath(job.run.output_dir),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=job.train.num_checkpoints_to_keep)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+        export_dir = os.path.join(run_dir, "model")
+        shutil.rmtree(export_dir, ignore_errors=True)
+        shutil.copytree(os.path.join(directory, "model"), export_dir)
+    final = result.metrics
+    summary = {
+        **{k: v for k, v in final.items() if k.startswith("val_")},
+        "steps": state["global_step"],
+        "epochs_completed": state["epoch"],
+        "train_samples": state["train_samples"],
+        "train_samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
+        "train_tokens_per_s": state["train_tokens"] / max(state["train_time_s"], 1e-9),
+        "wall_time_s": wall,
+        "num_workers": job.scaling.num_workers,
+        "data": {"train": prepared.train_stats.to_dict(),
+                 "validation": prepared.validation_stats.to_dict(),
+                 "labels": list(prepared.label_space.names)},
+        "history": state["history"],
+        "model_dir": export_dir,
+    }
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
