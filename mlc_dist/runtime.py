@@ -20,11 +20,11 @@ def init_ray(min_cpus: float = 0) -> None:
     """
     if ray.is_initialized():
         return
-    import ray.data
+    from ray import data as ray_data
 
     # Per-operator bars from every worker interleave into noise in logs; keep the global bar
     # on a terminal, and our own step lines for training.
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray_data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False
     ctx.enable_progress_bars = sys.stderr.isatty()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

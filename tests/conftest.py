@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random-init BERT saved like a hub checkpoint, real data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MLC_DIST_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def build_tiny_bert(directory: Path, **overrides) -> str:
+    """A 2-layer, 32-wide BERT with MiniLM's real uncased WordPiece tokenizer, saved to disk."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from mlc_dist.config import DEFAULT_MODEL
+    from mlc_dist.models import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
+                        **overrides)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "goemotions" / "train.tsv").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the integration tests of a session."""
+    import ray
+
+    from mlc_dist.runtime import init_ray
+
+    init_ray(min_cpus=2)
+    yield ray
+    ray.shutdown()
