@@ -19,13 +19,16 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: KE
 def _user_error(exc: BaseException) -> BaseException | None:
     """The project's own error inside whatever Ray wrapped it in, if that is what this is."""
     from mlc_dist.config import JobConfigError
-    from mlc_dist.data import DataError
+    from mlc_dist.data import as_data_error
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (JobConfigError, DataError, FileNotFoundError)):
+        if isinstance(exc, (JobConfigError, FileNotFoundError)):
             return exc
+        found = as_data_error(exc)
+        if found is not None:
+            return found
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,14 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", 
 
 class DataError(ValueError):
     """Bad input data; the message names the file, column and row."""
+
+
+def as_data_error(exc: BaseException) -> DataError | None:
+    """The DataError a Ray Data task raised, recovered from Ray's wrapper (which keeps only text)."""
+    if isinstance(exc, DataError):
+        return exc
+    match = re.search(r"mlc_dist\.data\.DataError: (.+)", str(exc))
+    return DataError(match.group(1).strip()) if match else None
 
 
 def _as_list(paths: str | list[str]) -> list[str]:
@@ -86,8 +95,25 @@ def read_table(paths: str | list[str], cfg: DataConfig, string_columns: list[str
                 column_types={c: pa.string() for c in string_columns}, strings_can_be_null=True),
         )
     if fmt == "parquet":
-        return ray.data.read_parquet(paths, include_paths=True)
+        try:
+            return ray.data.read_parquet(paths, include_paths=True)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{_unreadable_parquet(paths) or paths}: unreadable Parquet: {exc}") \
+                from None
     return ray.data.read_json(paths, lines=True, include_paths=True)
+
+
+def _unreadable_parquet(paths: list[str]) -> str | None:
+    import pyarrow.parquet as pq
+
+    for p in paths:
+        if "://" in p or os.path.isdir(p):
+            continue
+        try:
+            pq.read_metadata(p)
+        except (pa.ArrowInvalid, OSError):
+            return p
+    return None
 
 
 def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
@@ -364,6 +390,16 @@ def stratified_split(keys: np.ndarray, labels: np.ndarray, fraction: float, seed
 
 
 def prepare(cfg: DataConfig, seed: int) -> Prepared:
+    try:
+        return _prepare(cfg, seed)
+    except Exception as exc:
+        err = as_data_error(exc)
+        if err is None or err is exc:
+            raise
+        raise err from None
+
+
+def _prepare(cfg: DataConfig, seed: int) -> Prepared:
     """Lazy train/validation datasets plus the label space and the statistics training needs.
 
     One streaming pass collects keys and labels only (never texts) to count rows and empty
