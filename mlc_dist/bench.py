@@ -85,7 +85,9 @@ def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=t.batch_size_per_worker,
         per_device_eval_batch_size=t.batch_size_per_worker * 2, learning_rate=t.lr,
-        weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, num_train_epochs=1,
+        weight_decay=t.weight_decay, num_train_epochs=1,
+        # transformers 5 dropped warmup_ratio: the same warm-up as ours, in steps.
+        warmup_steps=int(t.warmup_ratio * -(-len(train_set) // t.batch_size_per_worker)),
         max_grad_norm=t.max_grad_norm or 0.0, lr_scheduler_type="linear", seed=t.seed,
         save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
         logging_steps=50, dataloader_num_workers=0, disable_tqdm=True)

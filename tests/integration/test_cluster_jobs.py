@@ -41,7 +41,10 @@ def head():
     temp_dir = tempfile.mkdtemp(prefix="/tmp/mlc7_")  # short: Ray's unix sockets live under it
     gcs, dash, metrics = _free_ports(3)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           # Head and clients must agree on auth; an ~/.ray/auth_token left by another cluster
+           # on this machine must not switch ours to token mode. Dashboard is on 127.0.0.1.
+           "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
