@@ -95,7 +95,109 @@ def demo_data(out: Annotated[str, typer.Argument(help="Output folder")],
         typer.echo(f"{name}: {path}")
 
 
+AddressOpt = Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://127.0.0.1:8265",
+                                         envvar="RAY_API_SERVER_ADDRESS")]
+
+
+@app.command()
+def submit(job: JobArg, address: AddressOpt, set_: SetOpt = None,
+           command: Annotated[str, typer.Option(help="train | score | evaluate")] = "train",
+           follow: Annotated[bool, typer.Option(help="Stream logs; exit with the job's outcome")]
+           = False):
+    """Submit a job to a Ray cluster with the Ray Jobs SDK; prints the job id."""
+    from mlc_dist import submit as jobs_api
+
+    job_id = _run(lambda: jobs_api.submit(job, address, set_ or [], command))
+    typer.echo(job_id)
+    if follow:
+        final = jobs_api.follow(job_id, address)
+        typer.echo(f"job {job_id}: {final}")
+        raise typer.Exit(0 if final == "SUCCEEDED" else 1)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Inspect or stop submitted Ray jobs.")
+app.add_typer(jobs_app, name="jobs")
+JobIdArg = Annotated[str, typer.Argument(help="Ray job (submission) id")]
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: JobIdArg, address: AddressOpt):
+    from mlc_dist import submit as jobs_api
+
+    typer.echo(json.dumps(jobs_api.info(job_id, address), indent=2))
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: JobIdArg, address: AddressOpt,
+              follow: Annotated[bool, typer.Option(help="Stream until the job ends")] = False):
+    from mlc_dist import submit as jobs_api
+
+    if follow:
+        raise typer.Exit(0 if jobs_api.follow(job_id, address) == "SUCCEEDED" else 1)
+    typer.echo(jobs_api.logs(job_id, address), nl=False)
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: JobIdArg, address: AddressOpt):
+    from mlc_dist import submit as jobs_api
+
+    typer.echo("stopped" if jobs_api.stop(job_id, address) else "not running")
+
+
+@app.command()
+def render(kind: Annotated[str, typer.Argument(help="rayjob | cronjob")], job: JobArg,
+           image: Annotated[str, typer.Option(help="Container image built from infra/Dockerfile")],
+           set_: SetOpt = None,
+           schedule: Annotated[str, typer.Option(help="Cron schedule (cronjob)")] = "0 2 * * *",
+           address: Annotated[str, typer.Option(help="Ray dashboard address the cronjob submits to")]
+           = "http://mlc-dist-head-svc:8265"):
+    """Print a KubeRay RayJob (training) or a nightly scoring CronJob generated from a job file."""
+    from mlc_dist.render import render as render_manifest
+
+    typer.echo(_run(lambda: render_manifest(kind, job, image, set_ or [], schedule, address)),
+               nl=False)
+
+
+@app.command()
+def scale(job: JobArg, set_: SetOpt = None,
+          workers: Annotated[str, typer.Option(help="Worker counts, comma-separated")] = "1,2",
+          steps: Annotated[int, typer.Option(help="Optimizer steps per run")] = 30,
+          peak_tflops: Annotated[Optional[float], typer.Option(
+              help="Peak TFLOP/s per device for MFU (default: by GPU name)")] = None):
+    """Train the same job at several worker counts; write scaling.csv/.md/.png and print the table."""
+    from mlc_dist.config import load_job
+    from mlc_dist.scale import sweep
+
+    def go():
+        counts = [int(w) for w in workers.split(",") if w.strip()]
+        result = sweep(load_job(job, set_), counts, steps, peak_tflops)
+        typer.echo(open(result["md"]).read())
+        typer.echo(json.dumps({k: result[k] for k in ("csv", "md", "png")}))
+
+    _run(go)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("train")
+def bench_train(job: Annotated[str, typer.Option(help="Job YAML (CSV/TSV train + validation)")]
+                = "jobs/goemotions.yaml", set_: SetOpt = None,
+                samples: Annotated[int, typer.Option(help="Training rows (1 epoch)")] = 2048,
+                val_rows: Annotated[int, typer.Option(help="Validation rows")] = 1000):
+    """Our training path vs the HF Trainer recipe (padding to 128) on the same rows: one JSON line."""
+    from mlc_dist.bench import bench_train as run_bench
+    from mlc_dist.config import load_job
+
+    _run(lambda: typer.echo(json.dumps(run_bench(load_job(job, set_), samples, val_rows))))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     app()
+
+
+if __name__ == "__main__":
+    main()

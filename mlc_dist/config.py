@@ -91,6 +91,11 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     num_checkpoints_to_keep: int = Field(2, ge=1)
     log_every_steps: int = Field(20, ge=1)
+    # Sort rows by length inside a window of several batches, then shuffle those batches:
+    # less padding per batch, same rows per epoch.
+    length_bucketing: bool = False
+    # Optimizer steps left out of the steady-state throughput figures (warm-up).
+    throughput_warmup_steps: int = Field(2, ge=0)
 
 
 class ScalingConfig(_Section):

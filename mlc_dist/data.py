@@ -311,6 +311,25 @@ def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, np.n
     return out
 
 
+#: Batches sorted together by length_buckets: wide enough to group lengths, small enough to
+#: keep batch order random.
+BUCKET_WINDOW_BATCHES = 8
+
+
+def length_buckets(windows, batch_size: int, seed: int):
+    """Split each window (a numpy batch of several batches' rows) into batches of similar length.
+
+    Rows are sorted by token count inside the window, cut into `batch_size` batches, and those
+    batches are yielded in a random order, so each batch pads to a near-equal length.
+    """
+    rng = np.random.default_rng(seed)
+    for window in windows:
+        order = np.argsort([len(r) for r in window["input_ids"]], kind="stable")
+        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for j in rng.permutation(len(chunks)):
+            yield {k: v[chunks[j]] for k, v in window.items()}
+
+
 @dataclass
 class SplitStats:
     num_rows: int = 0

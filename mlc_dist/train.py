@@ -73,6 +73,45 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
     return _gather(cat(probs)), _gather(cat(labels))
 
 
+class StepClock:
+    """Time to the first optimizer step, and throughput after the first `warmup` steps.
+
+    Steady figures sum only the gaps between consecutive steps of one epoch, so evaluation,
+    checkpoints and epoch ends never count as training time.
+    """
+
+    def __init__(self, state: dict, warmup: int):
+        self.state, self.warmup, self.steps, self.mark = state, warmup, 0, None
+        state.update(loop_start_time=time.time(), first_step_time=None, steady_time_s=0.0,
+                     steady_samples=0, steady_tokens=0)
+
+    def epoch_start(self) -> None:
+        self.mark = None
+
+    def step(self) -> None:
+        state, now = self.state, time.time()
+        self.steps += 1
+        if state["first_step_time"] is None:
+            state["first_step_time"] = now
+        if self.mark is not None and self.steps > self.warmup:
+            state["steady_time_s"] += now - self.mark[0]
+            state["steady_samples"] += state["train_samples"] - self.mark[1]
+            state["steady_tokens"] += state["train_tokens"] - self.mark[2]
+        self.mark = (now, state["train_samples"], state["train_tokens"])
+
+
+def train_batches(shard, tcfg, collate: Collate, epoch: int):
+    """This epoch's training batches: Ray's local shuffle, then optional length bucketing."""
+    shuffle = {"local_shuffle_buffer_size": tcfg.shuffle_buffer_rows or None,
+               "local_shuffle_seed": tcfg.seed + epoch}
+    if not tcfg.length_bucketing:
+        return shard.iter_torch_batches(batch_size=tcfg.batch_size_per_worker, collate_fn=collate,
+                                        prefetch_batches=2, **shuffle)
+    windows = shard.iter_batches(batch_size=tcfg.batch_size_per_worker * data.BUCKET_WINDOW_BATCHES,
+                                 batch_format="numpy", prefetch_batches=1, **shuffle)
+    return map(collate, data.length_buckets(windows, tcfg.batch_size_per_worker, tcfg.seed + epoch))
+
+
 def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int) -> str:
     # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
     directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
@@ -117,6 +156,7 @@ def train_loop_per_worker(config: dict) -> None:
                   f"(epoch {state['epoch']}, batch {state['batches_done']})", flush=True)
 
     reported = []
+    clock = StepClock(state, tcfg.throughput_warmup_steps)
 
     def report(eval_metrics: dict) -> None:
         reported.append(state["global_step"])
@@ -137,11 +177,9 @@ def train_loop_per_worker(config: dict) -> None:
     total = config["num_training_steps"]
     engine.model.train()
     while state["epoch"] < tcfg.epochs and state["global_step"] < total:
-        batches = train_shard.iter_torch_batches(
-            batch_size=tcfg.batch_size_per_worker, collate_fn=collate, prefetch_batches=2,
-            local_shuffle_buffer_size=tcfg.shuffle_buffer_rows or None,
-            local_shuffle_seed=tcfg.seed + state["epoch"])
+        batches = train_batches(train_shard, tcfg, collate, state["epoch"])
         start, window_loss, window_n = time.perf_counter(), 0.0, 0
+        clock.epoch_start()
         for i, batch in enumerate(batches):
             if i < state["batches_done"]:  # mid-epoch resume: skip what the checkpoint holds
                 continue
@@ -158,6 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             if not engine.step():
                 continue
             state["global_step"] += 1
+            clock.step()
             step = state["global_step"]
             if step % tcfg.log_every_steps == 0 or step == total:
                 state["history"].append({"step": step, "loss": window_loss / window_n,
@@ -227,7 +266,7 @@ def fit(job: JobConfig) -> dict:
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     result = trainer.fit()
     wall = time.perf_counter() - started
     with result.checkpoint.as_directory() as directory:
@@ -244,6 +283,14 @@ def fit(job: JobConfig) -> dict:
         "train_samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
         "train_tokens_per_s": state["train_tokens"] / max(state["train_time_s"], 1e-9),
         "wall_time_s": wall,
+        # From trainer.fit() (worker start, model load, first batches) to the first optimizer step.
+        "time_to_first_step_s": state["first_step_time"] - started_at
+        if state.get("first_step_time") else None,
+        "steady_samples_per_s": state["steady_samples"] / state["steady_time_s"]
+        if state.get("steady_time_s") else None,
+        "steady_tokens_per_s": state["steady_tokens"] / state["steady_time_s"]
+        if state.get("steady_time_s") else None,
+        "throughput_warmup_steps": job.train.throughput_warmup_steps,
         "num_workers": job.scaling.num_workers,
         "data": {"train": prepared.train_stats.to_dict(),
                  "validation": prepared.validation_stats.to_dict(),

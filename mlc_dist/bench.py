@@ -1,0 +1,140 @@
+"""Training benchmark: our path (Ray Train, dynamic padding, length bucketing) against the
+tutorial recipe (HF Trainer, every example padded to max_length), same rows, same model.
+
+Owns the comparison only; prints figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from mlc_dist import data, metrics
+from mlc_dist.config import JobConfig, validate_job
+from mlc_dist.models import resolve_model_path
+
+
+def _head(src: str, dst: str, rows: int, header: bool) -> str:
+    # Line-based on purpose: the benchmark's files are one row per line (GoEmotions TSV).
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        for i, line in enumerate(f):
+            if i >= rows + int(header):
+                break
+            out.write(line)
+    return dst
+
+
+def subset_job(job: JobConfig, work: str, samples: int, val_rows: int) -> JobConfig:
+    """The job on the first `samples` training rows and `val_rows` validation rows, 1 epoch."""
+    if not isinstance(job.data.train, str) or not isinstance(job.data.validation, str):
+        raise ValueError("bench train needs data.train and data.validation as single CSV/TSV files")
+    if data.detect_format([job.data.train], job.data.format) not in ("csv", "tsv"):
+        raise ValueError(f"{job.data.train}: bench train reads CSV/TSV files line by line")
+    tree = job.model_dump()
+    ext = os.path.splitext(job.data.train)[1]
+    tree["data"]["train"] = _head(job.data.train, os.path.join(work, "train" + ext), samples,
+                                  job.data.header)
+    tree["data"]["validation"] = _head(job.data.validation, os.path.join(work, "val" + ext),
+                                       val_rows, job.data.header)
+    tree["run"] = {"name": "bench", "output_dir": os.path.join(work, "runs")}
+    tree["train"].update(epochs=1, max_steps=None, pos_weight=False, eval_every_steps=None,
+                         checkpoint_every_steps=None)
+    return validate_job(tree, "bench")
+
+
+def run_ours(job: JobConfig) -> dict:
+    from mlc_dist.train import fit
+
+    s = fit(job)
+    return {"samples_per_s": s["train_samples_per_s"], "tokens_per_s": s["train_tokens_per_s"],
+            "val_auc": s["val_mean_auc"], "samples": s["train_samples"]}
+
+
+def _rows(ds) -> tuple[list[str], np.ndarray]:
+    frame = ds.select_columns([data.TEXT, data.LABELS]).to_pandas()
+    return frame[data.TEXT].tolist(), np.stack(frame[data.LABELS].to_numpy()).astype(np.float32)
+
+
+def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
+    """The copy-paste recipe: tokenizer(padding="max_length") + Trainer, on the same rows."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer,
+                              TrainingArguments, set_seed)
+
+    prepared = data.prepare(job.data, job.train.seed)
+    (train_texts, train_y), (val_texts, val_y) = _rows(prepared.train), _rows(prepared.validation)
+    path = resolve_model_path(job.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def encode(texts, labels):
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length)
+        return [{"input_ids": torch.tensor(enc["input_ids"][i]),
+                 "attention_mask": torch.tensor(enc["attention_mask"][i]),
+                 "labels": torch.tensor(labels[i])} for i in range(len(texts))]
+
+    train_set, val_set = encode(train_texts, train_y), encode(val_texts, val_y)
+    set_seed(job.train.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(prepared.label_space), problem_type="multi_label_classification")
+    t = job.train
+    out = tempfile.mkdtemp(prefix="mlc_bench_hf_")
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=t.batch_size_per_worker,
+        per_device_eval_batch_size=t.batch_size_per_worker * 2, learning_rate=t.lr,
+        weight_decay=t.weight_decay, num_train_epochs=1,
+        # transformers 5 dropped warmup_ratio: the same warm-up as ours, in steps.
+        warmup_steps=int(t.warmup_ratio * -(-len(train_set) // t.batch_size_per_worker)),
+        max_grad_norm=t.max_grad_norm or 0.0, lr_scheduler_type="linear", seed=t.seed,
+        save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+        logging_steps=50, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set)
+    try:
+        result = trainer.train()
+        logits = trainer.predict(val_set).predictions
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    seconds = result.metrics["train_runtime"]
+    real_tokens = sum(int(x["attention_mask"].sum()) for x in train_set)
+    return {"samples_per_s": len(train_set) / seconds, "tokens_per_s": real_tokens / seconds,
+            "val_auc": metrics.mean_auc(val_y, 1 / (1 + np.exp(-logits))),
+            "samples": len(train_set)}
+
+
+def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 128) -> dict:
+    from mlc_dist.runtime import init_ray
+
+    work = tempfile.mkdtemp(prefix="mlc_bench_")
+    try:
+        sub = subset_job(job, work, samples, val_rows)
+        ours_job = validate_job({**sub.model_dump(),
+                                 "train": {**sub.train.model_dump(), "length_bucketing": True},
+                                 "data": {**sub.data.model_dump(), "max_length": max_length},
+                                 "scaling": {**sub.scaling.model_dump(), "num_workers": 1}},
+                                "bench")
+        init_ray(min_cpus=ours_job.scaling.cpus_per_worker)
+        started = time.perf_counter()
+        ours = run_ours(ours_job)
+        ours_wall = time.perf_counter() - started
+        hf = run_hf_trainer(sub, max_length)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "ours_samples_per_s": ours["samples_per_s"],
+        "hf_trainer_samples_per_s": hf["samples_per_s"],
+        "ratio": ours["samples_per_s"] / hf["samples_per_s"],
+        "ours_val_auc": ours["val_auc"], "hf_trainer_val_auc": hf["val_auc"],
+        "samples": hf["samples"], "ours_samples": ours["samples"],
+        "ours_tokens_per_s": ours["tokens_per_s"], "hf_trainer_tokens_per_s": hf["tokens_per_s"],
+        "ours_wall_s_incl_startup": ours_wall, "val_rows": val_rows, "model": job.model.name,
+        "batch_size": job.train.batch_size_per_worker, "max_length": max_length,
+        "compared": ("ours = 1 Ray Train worker (DDP engine, "
+                     f"{ours_job.scaling.cpus_per_worker:g} CPUs) on a local Ray cluster, "
+                     "dynamic padding + length bucketing, Ray Data tokenizing; hf_trainer = "
+                     "transformers Trainer in the driver process, padding='max_length'. "
+                     "samples/s = training loop time only (no startup, no evaluation); "
+                     "tokens/s counts non-padding tokens for both"),
+    }
