@@ -62,6 +62,9 @@ def _stage(job_file: Path) -> tuple[str, str, str | None]:
     return work, f"{SHIPPED_JOBS}/{job_file.name}", tmp
 
 
+AGENT_WAIT_S = 120
+
+
 def runtime_env(working_dir: str) -> dict:
     env_vars = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("HF_HUB_OFFLINE"):
@@ -78,11 +81,20 @@ def submit(job_path: str, address: str, overrides: list[str] | None = None,
     if not job_file.is_file():
         raise JobConfigError(f"{job_path}: job file not found")
     working_dir, shipped, tmp = _stage(job_file)
+    jobs = client(address)
+    deadline = time.monotonic() + AGENT_WAIT_S
     try:
-        return client(address).submit_job(
-            entrypoint=entrypoint(command, shipped, overrides),
-            runtime_env=runtime_env(working_dir), submission_id=submission_id,
-            metadata={"mlc_dist_job": job_file.name, "mlc_dist_command": command})
+        while True:
+            try:
+                return jobs.submit_job(
+                    entrypoint=entrypoint(command, shipped, overrides),
+                    runtime_env=runtime_env(working_dir), submission_id=submission_id,
+                    metadata={"mlc_dist_job": job_file.name, "mlc_dist_command": command})
+            except RuntimeError as exc:
+                # A head that just started answers 500 until its job agent registers.
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
