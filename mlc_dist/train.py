@@ -121,6 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
             rng_file = os.path.join(directory, f"rng_rank{rank}.pt")
             if os.path.exists(rng_file):
                 torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
+        state.setdefault("resumed_from", []).append(state["global_step"])
         if rank == 0:
             print(f"[mlc-dist] resumed from checkpoint at step {state['global_step']} "
                   f"(epoch {state['epoch']}, batch {state['batches_done']})", flush=True)
@@ -291,6 +292,7 @@ def fit(job: JobConfig) -> dict:
                  "validation": prepared.validation_stats.to_dict(),
                  "labels": list(prepared.label_space.names)},
         "history": state["history"],
+        "resumed_from": state.get("resumed_from", []),  # steps this run restarted from
         "model_dir": export_dir,
     }
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
