@@ -125,7 +125,12 @@ class DeepSpeedEngine:
         # Read once at deepspeed import: without it a CPU-only box may pick a GPU accelerator.
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.device.type == "cuda" else "cpu")
         import deepspeed
+        import deepspeed.ops
 
+        if self.device.type == "cpu":
+            # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op at init (minutes,
+            # and it waits forever on a stale torch_extensions lock); gloo does the job without it.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(cfg.warmup_ratio * num_training_steps), num_training_steps)
