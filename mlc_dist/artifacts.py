@@ -40,9 +40,10 @@ class ModelMeta:
                    d.get("base_model", ""), {k: v for k, v in d.items() if k not in known})
 
 
-def save_export(directory: str, model, tokenizer, meta: ModelMeta) -> None:
+def save_export(directory: str, model, tokenizer, meta: ModelMeta, state_dict=None) -> None:
+    """`state_dict` replaces the module's own weights (sharded engines gather them first)."""
     os.makedirs(directory, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     write_meta(directory, meta)
 

@@ -82,7 +82,10 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    strategy: Literal["ddp"] = "ddp"
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[1, 2, 3] | None = None  # deepspeed only; 2 when unset
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state on CPU (deepspeed only)
+    offload_params: bool = False  # parameters on CPU (deepspeed with zero_stage 3 only)
     pos_weight: bool = False  # BCE pos_weight = negatives/positives per label, from train labels
     pos_weight_max: float = Field(100.0, gt=0)
     seed: int = 42
@@ -90,6 +93,10 @@ class TrainConfig(_Section):
     eval_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     num_checkpoints_to_keep: int = Field(2, ge=1)
+    # Keep the best checkpoints by this reported metric (e.g. val_mean_auc); unset keeps the latest.
+    checkpoint_metric: str | None = Field(None, pattern=r"^(val_[a-z0-9_]+|step)$")
+    checkpoint_mode: Literal["max", "min"] = "max"
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint; -1: forever
     log_every_steps: int = Field(20, ge=1)
     # Sort rows by length inside a window of several batches, then shuffle those batches:
     # less padding per batch, same rows per epoch.
@@ -119,13 +126,31 @@ class JobConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    # Escape hatch: a raw DeepSpeed config merged over the one derived from `train`.
+    deepspeed: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
-        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+        t = self.train
+        if t.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true "
                              "(CPU autocast has no fp16 loss scaling; use fp32 or bf16)")
+        if t.strategy != "deepspeed":
+            for key, value in (("train.zero_stage", t.zero_stage),
+                               ("train.offload_optimizer", t.offload_optimizer),
+                               ("train.offload_params", t.offload_params),
+                               ("deepspeed", self.deepspeed)):
+                if value:
+                    raise ValueError(f"{key} needs train.strategy: deepspeed (got {t.strategy})")
+        if t.offload_params and (t.zero_stage or 2) != 3:
+            raise ValueError("train.offload_params needs train.zero_stage: 3 (ZeRO-1/2 keep full "
+                             "parameters on every worker)")
+        if t.strategy == "deepspeed":
+            self.deepspeed_config()  # raises on a raw block that contradicts a job key
         return self
+
+    def deepspeed_config(self) -> dict:
+        return build_deepspeed_config(self.train, self.deepspeed)
 
     @property
     def run_dir(self) -> str:
@@ -138,6 +163,57 @@ class JobConfig(_Section):
     @property
     def score_model(self) -> str:
         return self.score.model or self.model_dir
+
+
+# DeepSpeed settings the job already owns: (path in the DeepSpeed dict, job key, value).
+def _derived_deepspeed(t: TrainConfig) -> list[tuple[tuple[str, ...], str, Any]]:
+    return [
+        (("train_micro_batch_size_per_gpu",), "train.batch_size_per_worker", t.batch_size_per_worker),
+        (("gradient_accumulation_steps",), "train.grad_accum_steps", t.grad_accum_steps),
+        (("gradient_clipping",), "train.max_grad_norm", t.max_grad_norm or 0.0),
+        (("zero_optimization", "stage"), "train.zero_stage", t.zero_stage or 2),
+        (("zero_optimization", "offload_optimizer", "device"), "train.offload_optimizer",
+         "cpu" if t.offload_optimizer else "none"),
+        (("zero_optimization", "offload_param", "device"), "train.offload_params",
+         "cpu" if t.offload_params else "none"),
+        (("bf16", "enabled"), "train.precision", t.precision == "bf16"),
+        (("fp16", "enabled"), "train.precision", t.precision == "fp16"),
+    ]
+
+
+def build_deepspeed_config(t: TrainConfig, raw: dict) -> dict:
+    """The DeepSpeed dict derived from `train`, with the raw `deepspeed:` block merged on top.
+
+    A raw value that differs from a derived one is an error naming both keys. The optimizer and
+    LR schedule always come from `train` (strategy.py passes torch AdamW + warmup to DeepSpeed).
+    """
+    for key in ("optimizer", "scheduler"):
+        if key in raw:
+            raise ValueError(f"deepspeed.{key}: not supported; the optimizer and schedule come "
+                             "from train.lr, train.weight_decay and train.warmup_ratio")
+    config: dict = {
+        # Ours is a client torch optimizer: allow it under ZeRO and ZeRO-Offload (no op builds).
+        "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9, "fp16": {"loss_scale": 0, "initial_scale_power": 16},
+    }
+    for path, job_key, value in _derived_deepspeed(t):
+        node, raw_node = config, raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            raw_node = raw_node.get(part, {}) if isinstance(raw_node, dict) else {}
+        node[path[-1]] = value
+        if isinstance(raw_node, dict) and path[-1] in raw_node and raw_node[path[-1]] != value:
+            raise ValueError(f"deepspeed.{'.'.join(path)}: {raw_node[path[-1]]!r} contradicts "
+                             f"{job_key} (which gives {value!r}); set {job_key} instead")
+    return _merge(config, raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,4 +1,4 @@
-"""How a model is trained across workers: prepare(model, cfg) -> Engine (DDP for now).
+"""How a model is trained across workers: prepare(model, cfg) -> DDP or DeepSpeed ZeRO engine.
 
 The only module that wraps models for parallelism; the train loop talks to the Engine and has
 no strategy-specific branches.
@@ -83,6 +83,10 @@ class DDPEngine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    def export_state_dict(self) -> dict | None:
+        """Full weights for the export when the module does not hold them (None: it does)."""
+        return None
+
     def save(self, directory: str, rank: int) -> None:
         """Optimizer/scheduler/scaler state; DDP replicas are identical, so rank 0 writes it."""
         if rank == 0:
@@ -104,5 +108,88 @@ class DDPEngine:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def prepare(model: nn.Module, cfg: TrainConfig, num_training_steps: int) -> DDPEngine:
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO 1/2/3 on the process group Ray Train already set up (gloo on CPU, NCCL on GPU).
+
+    Precision, accumulation, clipping and fp16 loss scaling happen inside DeepSpeed; the optimizer
+    is torch AdamW and the schedule transformers' linear warmup, as for DDP, so no ops compile.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, num_training_steps: int,
+                 ds_config: dict):
+        import ray.train.torch
+        from transformers import get_linear_schedule_with_warmup
+
+        self.cfg = cfg
+        self.device = ray.train.torch.get_device()
+        # Read once at deepspeed import: without it a CPU-only box may pick a GPU accelerator.
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.device.type == "cuda" else "cpu")
+        import deepspeed
+        import deepspeed.ops
+
+        if self.device.type == "cpu":
+            # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op at init (minutes,
+            # and it waits forever on a stale torch_extensions lock); gloo does the job without it.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(cfg.warmup_ratio * num_training_steps), num_training_steps)
+        # dist_init_required=False: reuse Ray Train's process group instead of making a new one.
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            dist_init_required=False)
+        self._stage = self.model.zero_optimization_stage()
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.module
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed casts the module itself for bf16/fp16
+
+    @contextlib.contextmanager
+    def accumulate(self):
+        yield  # DeepSpeed counts micro-steps and defers gradient reduction to the boundary
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss)  # divides by gradient_accumulation_steps itself
+
+    def step(self, flush: bool = False) -> bool:
+        """DeepSpeed steps at its own accumulation boundary; it cannot apply a partial window,
+        so at an epoch end the leftover micro-batches carry into the next step (flush is a no-op)."""
+        if flush:
+            return False
+        boundary = self.model.is_gradient_accumulation_boundary()
+        self.model.step()
+        return boundary
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def export_state_dict(self) -> dict | None:
+        """Consolidated fp32 weights on rank 0 (ZeRO-3 gathers layer by layer); call on every rank."""
+        if self._stage == 3:
+            state = self.model._zero3_consolidated_16bit_state_dict()  # None off rank 0
+        else:
+            state = self.module.state_dict()
+        return None if state is None else {k: v.detach().float().cpu().clone()
+                                           if v.is_floating_point() else v for k, v in state.items()}
+
+    def save(self, directory: str, rank: int) -> None:
+        """Every rank writes its ZeRO shards; the files have rank-specific names, Ray merges them."""
+        self.model.save_checkpoint(os.path.join(directory, "deepspeed"), tag="state",
+                                   save_latest=False)
+
+    def load(self, directory: str) -> None:
+        path, _ = self.model.load_checkpoint(os.path.join(directory, "deepspeed"), tag="state",
+                                             load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        assert path is not None, f"no DeepSpeed state under {directory}"
+
+
+def prepare(model: nn.Module, cfg: TrainConfig, num_training_steps: int,
+            ds_config: dict | None = None) -> DDPEngine | DeepSpeedEngine:
+    if cfg.strategy == "deepspeed":
+        return DeepSpeedEngine(model, cfg, num_training_steps, ds_config or {})
     return DDPEngine(model, cfg, num_training_steps)

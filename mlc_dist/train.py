@@ -58,15 +58,22 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
     so no row is dropped or counted twice, then the parts are gathered.
     """
     engine.model.eval()
-    probs, labels = [], []
-    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate)):
-        if i % world != rank:
-            continue
+    probs, labels, filler, num_batches = [], [], None, 0
+
+    def forward(batch):
         inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "labels"}
         with engine.autocast():
-            logits = engine.module(**inputs).logits
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            return engine.module(**inputs).logits
+
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate)):
+        num_batches, filler = i + 1, filler or batch
+        if i % world != rank:
+            continue
+        probs.append(torch.sigmoid(forward(batch).float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
+    # ZeRO-3 gathers parameters inside every forward (a collective): all ranks run as many.
+    for _ in range(math.ceil(num_batches / world) - len(probs)):
+        forward(filler)
     engine.model.train()
     num_labels = engine.module.config.num_labels
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, num_labels), np.float32)  # noqa: E731
@@ -115,8 +122,9 @@ def train_batches(shard, tcfg, collate: Collate, epoch: int):
 def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int) -> str:
     # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
     directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
+    weights = engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
     if rank == 0:
-        save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta)
+        save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta, weights)
         torch.save(state, os.path.join(directory, STATE_FILE))
     engine.save(directory, rank)
     torch.save({"torch_rng": torch.get_rng_state()}, os.path.join(directory, f"rng_rank{rank}.pt"))
@@ -135,7 +143,8 @@ def train_loop_per_worker(config: dict) -> None:
     space = LabelSpace.from_dict(config["label_space"])
     model_path = resolve_model_path(job.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    engine = strategy.prepare(build_model(job.model, space), tcfg, config["num_training_steps"])
+    engine = strategy.prepare(build_model(job.model, space), tcfg, config["num_training_steps"],
+                              job.deepspeed_config() if tcfg.strategy == "deepspeed" else None)
     loss_fn = build_loss(config["pos_weight"]).to(engine.device)
     meta = ModelMeta(space, [0.5] * len(space), job.data.text_column, job.data.text_pair_column,
                      job.data.max_length, job.model.name)
@@ -151,6 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
             rng_file = os.path.join(directory, f"rng_rank{rank}.pt")
             if os.path.exists(rng_file):
                 torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
+        state.setdefault("resumed_from", []).append(state["global_step"])
         if rank == 0:
             print(f"[mlc-dist] resumed from checkpoint at step {state['global_step']} "
                   f"(epoch {state['epoch']}, batch {state['batches_done']})", flush=True)
@@ -163,6 +173,9 @@ def train_loop_per_worker(config: dict) -> None:
         if eval_metrics:
             state["history"].append({"step": state["global_step"], **eval_metrics})
         directory = _save_checkpoint(engine, tokenizer, meta, state, rank)
+        if tcfg.checkpoint_metric and tcfg.checkpoint_metric not in eval_metrics:
+            # A checkpoint-only report: NaN ranks below every scored one; Ray keeps the latest.
+            eval_metrics = {**eval_metrics, tcfg.checkpoint_metric: float("nan")}
         ray.train.report({**eval_metrics, "step": state["global_step"], "epoch": state["epoch"]},
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
         shutil.rmtree(directory, ignore_errors=True)
@@ -198,6 +211,7 @@ def train_loop_per_worker(config: dict) -> None:
             state["global_step"] += 1
             clock.step()
             step = state["global_step"]
+            maybe_inject_fault(step, rank, job.run_dir)
             if step % tcfg.log_every_steps == 0 or step == total:
                 state["history"].append({"step": step, "loss": window_loss / window_n,
                                          "lr": engine.lr})
@@ -220,6 +234,24 @@ def train_loop_per_worker(config: dict) -> None:
         report(validate())
     if not reported:  # a rerun of a finished run: report its final state again
         report(validate())
+
+
+def maybe_inject_fault(step: int, rank: int, run_dir: str) -> None:
+    """Drills: MLC_DIST_FAULT_STEP=k kills rank MLC_DIST_FAULT_RANK (default 1) hard at step k.
+
+    Once per run: a marker in the run directory stops the restarted workers failing again.
+    """
+    fault_step = os.environ.get("MLC_DIST_FAULT_STEP")
+    if not fault_step or step != int(fault_step) or rank != int(
+            os.environ.get("MLC_DIST_FAULT_RANK", "1")):
+        return
+    marker = os.path.join(run_dir, f"fault_injected_step{step}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    open(marker, "w").close()
+    print(f"[mlc-dist] fault injection: rank {rank} exits hard at step {step}", flush=True)
+    os._exit(1)  # no clean-up, like a preempted machine
 
 
 def count_training_steps(job: JobConfig, num_rows: int) -> int:
@@ -247,6 +279,8 @@ def fit(job: JobConfig) -> dict:
           f"{prepared.validation_stats.num_rows} validation rows, {len(prepared.label_space)} "
           f"labels, {num_steps} optimizer steps on {job.scaling.num_workers} worker(s)", flush=True)
     run_dir = os.path.abspath(job.run_dir)
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -262,9 +296,18 @@ def fit(job: JobConfig) -> dict:
         run_config=ray.train.RunConfig(
             name=job.run.name, storage_path=os.path.abspath(job.run.output_dir),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=job.train.num_checkpoints_to_keep)),
+                num_to_keep=job.train.num_checkpoints_to_keep,
+                checkpoint_score_attribute=job.train.checkpoint_metric,
+                checkpoint_score_order=job.train.checkpoint_mode),
+            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
+            # Drills and DeepSpeed settings from the driver's environment reach the workers.
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                             if k.startswith(("MLC_DIST_", "DS_"))}}),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # preserve_order: the same rows reach the same worker in the same order on every run, so
+        # skipping `batches_done` on resume continues the trajectory instead of reshuffling it.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options={"train": ingest}),
     )
     started, started_at = time.perf_counter(), time.time()
     result = trainer.fit()
@@ -296,6 +339,7 @@ def fit(job: JobConfig) -> dict:
                  "validation": prepared.validation_stats.to_dict(),
                  "labels": list(prepared.label_space.names)},
         "history": state["history"],
+        "resumed_from": state.get("resumed_from", []),  # steps this run restarted from
         "model_dir": export_dir,
     }
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
