@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller collects worker reports on each health check; poll often so a worker
+# killed right after a checkpoint does not take that checkpoint's registration down with it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MLC_DIST_SHARED_DATA", REPO.parent / "shared" / "data"))
