@@ -91,6 +91,13 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     num_checkpoints_to_keep: int = Field(2, ge=1)
     log_every_steps: int = Field(20, ge=1)
+    # Decision thresholds stored with the model, chosen on validation at each evaluation:
+    # per_label maximizes each label's F-beta, global one threshold's micro F-beta, fixed uses
+    # `threshold` for every label.
+    threshold_strategy: Literal["per_label", "global", "fixed"] = "per_label"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold_beta: float = Field(1.0, gt=0)  # 2 favours recall (F2); also reported when != 1
+    folds: int | None = Field(None, ge=2)  # k-fold multilabel-stratified cross-validation
 
 
 class ScalingConfig(_Section):
@@ -107,6 +114,14 @@ class ScoreConfig(_Section):
     num_actors: int = Field(1, ge=1)
 
 
+class EvaluateConfig(_Section):
+    # A labelled set in the data.* layout; the model comes from score.model.
+    input: str | list[str] | None = None
+    labels: str | None = None  # separate labels table joined on data.id_columns (Jigsaw test)
+    output: str | None = None  # folder for metrics.json, per_label.csv/.md and report/
+    batch_size: int = Field(64, ge=1)
+
+
 class JobConfig(_Section):
     run: RunConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -114,12 +129,17 @@ class JobConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true "
                              "(CPU autocast has no fp16 loss scaling; use fp32 or bf16)")
+        if self.train.folds and self.data.validation is not None:
+            raise ValueError("train.folds splits data.train into folds; unset data.validation")
+        if self.evaluate.labels and not self.data.id_columns:
+            raise ValueError("evaluate.labels is joined on data.id_columns, which is empty")
         return self
 
     @property
@@ -207,6 +227,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
         "run": ["output_dir"],
         "data": ["train", "validation", "train_labels", "validation_labels", "label_names_file"],
         "score": ["input", "output", "model"],
+        "evaluate": ["input", "labels", "output"],
     }.items():
         obj = getattr(job, section)
         for key in keys:
