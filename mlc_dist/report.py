@@ -101,7 +101,7 @@ def plot_history(history: list[dict], path: str) -> str:
         if points:
             right.plot(*zip(*points), marker="o", label=key)
     right.set(xlabel="step", ylabel="score", title="Validation", ylim=(0, 1))
-    right.legend(loc="lower right")
+    right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
 
 
@@ -124,13 +124,16 @@ def plot_pr_curves(labels: np.ndarray, probs: np.ndarray, thresholds, names, pat
             ax.text(0.5, 0.5, "no positives", ha="center", va="center")
             ax.set_title(name, fontsize=9)
             continue
-        PrecisionRecallDisplay.from_predictions(y, probs[:, j], ax=ax, name="", plot_chance_level=True)
+        display = PrecisionRecallDisplay.from_predictions(y, probs[:, j], ax=ax)
+        ax.axhline(y.mean(), color="grey", linestyle="--", linewidth=0.8)  # chance: prevalence
         pred = probs[:, j] >= thresholds[j]
         tp = float((pred & (y == 1)).sum())
-        ax.plot(tp / y.sum(), tp / max(pred.sum(), 1), "ro", label=f"t={thresholds[j]:.2f}")
-        ax.set_title(name, fontsize=9)
+        ax.plot(tp / y.sum(), tp / max(pred.sum(), 1), "ro")
+        ax.set_title(f"{name}\nAP {display.average_precision:.2f}, o = t {thresholds[j]:.2f}",
+                     fontsize=8)
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
-        ax.legend(fontsize=6, loc="lower left")
+        if ax.get_legend():
+            ax.get_legend().remove()
     return _save(fig, path)
 
 
@@ -148,7 +151,8 @@ def plot_label_sets(labels: np.ndarray, preds: np.ndarray, names, path: str,
     fig, ax = plt.subplots(figsize=(2 + 0.7 * len(classes), 1.5 + 0.6 * len(classes)))
     ConfusionMatrixDisplay.from_predictions(
         bucket(true_sets), bucket(pred_sets), labels=classes + ["(other)"], ax=ax,
-        colorbar=False, cmap="Blues", xticks_rotation=60)
+        colorbar=False, cmap="Blues")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     ax.set_title(f"Label sets: the {len(classes)} most frequent true sets")
     return _save(fig, path)
 

@@ -21,7 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def folds(tmp_path_factory, tiny_bert, ray_cluster):
     tmp = tmp_path_factory.mktemp("folds")
     job = demo_job(tmp, tiny_bert, rows=300, name="cv",
-                   train={"folds": 2, "max_steps": 6, "eval_every_steps": 3, "lr": 3e-3},
+                   train={"folds": 2, "max_steps": 4, "lr": 3e-3},
                    scaling={"num_workers": 1})
     return job, cv.cross_validate(job)
 
@@ -58,13 +58,15 @@ def test_training_tunes_exports_thresholds_and_writes_the_report(folds):
             assert row["f1"] >= row["f1_at_0.5"] - 1e-9, row
     assert val["macro_f1_tuned"] >= val["macro_f1"] - 1e-9
     assert summary["val_macro_f1_tuned"] == pytest.approx(val["macro_f1_tuned"])
-    assert sum(1 for h in summary["history"] if "val_mean_auc" in h) >= 2
+    assert sum(1 for h in summary["history"] if "val_mean_auc" in h) >= 1
     report_dir = os.path.join(run_dir, "report")
     for name in ("labels.png", "history.png", "confusion.png", "pr_curves.png",
                  "label_sets.png"):
         with open(os.path.join(report_dir, name), "rb") as f:
             assert f.read(8) == PNG_SIGNATURE, name
-    assert "per_label" not in open(os.path.join(report_dir, "report.html")).read()[:20]
+    page = open(os.path.join(report_dir, "report.html")).read()
+    assert page.startswith("<!doctype html>") and 'src="pr_curves.png"' in page
+    assert all(name in page for name in JIGSAW_LABELS)
 
 
 def test_evaluate_on_the_jigsaw_test_layout(folds, tmp_path):
