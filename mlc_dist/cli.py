@@ -51,9 +51,17 @@ def train(job: JobArg, set_: SetOpt = None):
     from mlc_dist.train import fit
 
     def go():
-        summary = fit(load_job(job, set_))
-        shown = {k: summary[k] for k in ("val_mean_auc", "val_micro_f1", "val_macro_f1", "steps",
-                                         "train_samples_per_s", "wall_time_s", "model_dir")}
+        loaded = load_job(job, set_)
+        if loaded.train.folds:
+            from mlc_dist.cv import cross_validate
+
+            typer.echo(json.dumps(cross_validate(loaded), indent=2))
+            return
+        summary = fit(loaded)
+        shown = {k: summary[k] for k in ("val_mean_auc", "val_micro_f1", "val_macro_f1",
+                                         "val_micro_f1_tuned", "val_macro_f1_tuned", "steps",
+                                         "train_samples_per_s", "wall_time_s", "model_dir",
+                                         "report")}
         typer.echo(json.dumps(shown, indent=2))
 
     _run(go)
@@ -68,6 +76,20 @@ def score(job: JobArg, set_: SetOpt = None,
     from mlc_dist.score import run
 
     _run(lambda: typer.echo(json.dumps(run(load_job(job, set_), input, output), indent=2)))
+
+
+@app.command()
+def evaluate(job: JobArg, set_: SetOpt = None,
+             input: Annotated[Optional[list[str]], typer.Option(help="Override evaluate.input")] = None,
+             output: Annotated[Optional[str], typer.Option(help="Override evaluate.output")] = None):
+    """Score a labelled set; write metrics.json, per_label.csv/.md and report/; print the table."""
+    from mlc_dist.config import load_job
+    from mlc_dist.evaluate import run
+    from mlc_dist.report import to_text
+
+    summary = _run(lambda: run(load_job(job, set_), input, output))
+    typer.echo(to_text(summary))
+    typer.echo(f"written to {summary['output']} (report: {summary['report']})")
 
 
 @app.command()

@@ -103,6 +103,13 @@ class TrainConfig(_Section):
     length_bucketing: bool = False
     # Optimizer steps left out of the steady-state throughput figures (warm-up).
     throughput_warmup_steps: int = Field(2, ge=0)
+    # Decision thresholds stored with the model, chosen on validation at each evaluation:
+    # per_label maximizes each label's F-beta, global one threshold's micro F-beta, fixed uses
+    # `threshold` for every label.
+    threshold_strategy: Literal["per_label", "global", "fixed"] = "per_label"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold_beta: float = Field(1.0, gt=0)  # 2 favours recall (F2); also reported when != 1
+    folds: int | None = Field(None, ge=2)  # k-fold multilabel-stratified cross-validation
 
 
 class ScalingConfig(_Section):
@@ -119,6 +126,14 @@ class ScoreConfig(_Section):
     num_actors: int = Field(1, ge=1)
 
 
+class EvaluateConfig(_Section):
+    # A labelled set in the data.* layout; the model comes from score.model.
+    input: str | list[str] | None = None
+    labels: str | None = None  # separate labels table joined on data.id_columns (Jigsaw test)
+    output: str | None = None  # folder for metrics.json, per_label.csv/.md and report/
+    batch_size: int = Field(64, ge=1)
+
+
 class JobConfig(_Section):
     run: RunConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -128,6 +143,7 @@ class JobConfig(_Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     # Escape hatch: a raw DeepSpeed config merged over the one derived from `train`.
     deepspeed: dict[str, Any] = Field(default_factory=dict)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
@@ -147,6 +163,10 @@ class JobConfig(_Section):
                              "parameters on every worker)")
         if t.strategy == "deepspeed":
             self.deepspeed_config()  # raises on a raw block that contradicts a job key
+        if self.train.folds and self.data.validation is not None:
+            raise ValueError("train.folds splits data.train into folds; unset data.validation")
+        if self.evaluate.labels and not self.data.id_columns:
+            raise ValueError("evaluate.labels is joined on data.id_columns, which is empty")
         return self
 
     def deepspeed_config(self) -> dict:
@@ -288,6 +308,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
         "run": ["output_dir"],
         "data": ["train", "validation", "train_labels", "validation_labels", "label_names_file"],
         "score": ["input", "output", "model"],
+        "evaluate": ["input", "labels", "output"],
     }.items():
         obj = getattr(job, section)
         for key in keys:

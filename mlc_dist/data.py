@@ -156,8 +156,10 @@ class Normalize:
     """
 
     def __init__(self, cfg: DataConfig, label_space: LabelSpace | None,
-                 labels_table: pa.Table | None = None, passthrough: list[str] | None = None):
+                 labels_table: pa.Table | None = None, passthrough: list[str] | None = None,
+                 skip_unlabelled: bool = False):
         self.cfg = cfg
+        self.skip_unlabelled = skip_unlabelled
         self.label_space = label_space
         self.passthrough = passthrough if passthrough is not None else cfg.id_columns
         self.labels_by_id = None
@@ -177,6 +179,9 @@ class Normalize:
             paths = sorted(set(batch.column(PATH).to_pylist())) if PATH in batch.column_names else []
             raise DataError(f"{', '.join(paths) or '<input>'}: missing column(s) {missing}; "
                             f"columns are {[c for c in batch.column_names if c != PATH]}")
+        if self.skip_unlabelled and self.labels_by_id is not None:
+            keys = _keys_of(batch, cfg.id_columns)
+            batch = batch.filter(pa.array([k in self.labels_by_id for k in keys], pa.bool_()))
         out = {c: batch.column(c) for c in self.passthrough}
         text = batch.column(cfg.text_column).cast(pa.string())
         empty = pc.or_(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text.fill_null("")), ""))
@@ -356,12 +361,29 @@ class Prepared:
 
 
 def read_labelled(paths, cfg: DataConfig, label_space: LabelSpace,
-                  labels_path: str | None = None) -> ray.data.Dataset:
-    labels_table = read_label_table(labels_path, cfg) if labels_path else None
+                  labels_path: str | None = None, labels_table: pa.Table | None = None,
+                  skip_unlabelled: bool = False) -> ray.data.Dataset:
+    """Normalized labelled rows; `skip_unlabelled` drops rows whose id is not in the labels
+    table (used after `drop_unscored`) instead of raising."""
+    if labels_table is None and labels_path:
+        labels_table = read_label_table(labels_path, cfg)
     string_cols = [cfg.text_column, *filter(None, [cfg.text_pair_column, cfg.label_list_column]),
                    *cfg.id_columns]
     ds = read_table(paths, cfg, string_cols)
-    return ds.map_batches(Normalize(cfg, label_space, labels_table), batch_format="pyarrow")
+    return ds.map_batches(Normalize(cfg, label_space, labels_table, skip_unlabelled=skip_unlabelled),
+                          batch_format="pyarrow")
+
+
+def drop_unscored(table: pa.Table, names) -> tuple[pa.Table, int]:
+    """Labels-table rows with -1 in any label column (Jigsaw's test_labels: "not used for
+    scoring") removed; returns (kept rows, number removed)."""
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise DataError(f"labels file: missing label column(s) {missing}")
+    unscored = np.zeros(table.num_rows, bool)
+    for name in names:
+        unscored |= table.column(name).to_numpy(zero_copy_only=False) == -1
+    return table.filter(pa.array(~unscored)), int(unscored.sum())
 
 
 def read_unlabelled(paths, cfg: DataConfig, passthrough: list[str] | None = None) -> ray.data.Dataset:
@@ -398,19 +420,33 @@ def _drop_empty(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.invert(batch.column("_empty")))
 
 
-def stratified_split(keys: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> set[str]:
-    """Validation keys from an iterative multilabel-stratified split over unique keys."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+def stratified_split(keys: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
+                     fold: tuple[int, int] | None = None) -> set[str]:
+    """Validation keys from an iterative multilabel-stratified split over unique keys.
+
+    With `fold=(i, k)` the validation part is fold i of a k-fold split (MultilabelStratifiedKFold,
+    seeded, so every fold run of one job sees the same partition) and `fraction` is unused.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
     unique, first = np.unique(keys, return_index=True)
-    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    _, val_idx = next(splitter.split(np.zeros(len(unique)), labels[first]))
+    x = np.zeros(len(unique))
+    if fold is None:
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction,
+                                                    random_state=seed)
+        _, val_idx = next(splitter.split(x, labels[first]))
+    else:
+        index, num_folds = fold
+        if not 0 <= index < num_folds:
+            raise ValueError(f"fold {index} is not in 0..{num_folds - 1}")
+        splits = MultilabelStratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+        _, val_idx = list(splits.split(x, labels[first]))[index]
     return set(unique[val_idx].tolist())
 
 
-def prepare(cfg: DataConfig, seed: int) -> Prepared:
+def prepare(cfg: DataConfig, seed: int, fold: tuple[int, int] | None = None) -> Prepared:
     try:
-        return _prepare(cfg, seed)
+        return _prepare(cfg, seed, fold)
     except Exception as exc:
         err = as_data_error(exc)
         if err is None or err is exc:
@@ -418,7 +454,7 @@ def prepare(cfg: DataConfig, seed: int) -> Prepared:
         raise err from None
 
 
-def _prepare(cfg: DataConfig, seed: int) -> Prepared:
+def _prepare(cfg: DataConfig, seed: int, fold: tuple[int, int] | None = None) -> Prepared:
     """Lazy train/validation datasets plus the label space and the statistics training needs.
 
     One streaming pass collects keys and labels only (never texts) to count rows and empty
@@ -433,13 +469,15 @@ def _prepare(cfg: DataConfig, seed: int) -> Prepared:
     seen = _collect(train, [KEY, LABELS, "_empty"])
     log.info("read %d training rows", len(seen[KEY]))
     if cfg.validation is None:
-        val_keys = stratified_split(seen[KEY], seen[LABELS], cfg.validation_fraction, seed)
+        val_keys = stratified_split(seen[KEY], seen[LABELS], cfg.validation_fraction, seed, fold)
         in_val = np.fromiter((k in val_keys for k in seen[KEY]), bool, count=len(seen[KEY]))
         validation = train.map_batches(_KeepKeys(val_keys, True), batch_format="pyarrow")
         train = train.map_batches(_KeepKeys(val_keys, False), batch_format="pyarrow")
         train_stats = _stats(~in_val, seen[LABELS], seen["_empty"])
         val_stats = _stats(in_val, seen[LABELS], seen["_empty"])
     else:
+        if fold is not None:
+            raise DataError("cross-validation folds split data.train; unset data.validation")
         validation = read_labelled(cfg.validation, cfg, space, cfg.validation_labels)
         vseen = _collect(validation, [LABELS, "_empty"])
         train_stats = _stats(np.ones(len(seen[KEY]), bool), seen[LABELS], seen["_empty"])

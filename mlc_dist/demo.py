@@ -64,3 +64,19 @@ def write_demo(out_dir: str, rows: int, seed: int = 0) -> dict[str, str]:
     pacsv.write_csv(train, paths["train"])
     pq.write_table(score, paths["score"])
     return paths
+
+
+def write_test(out_dir: str, rows: int, seed: int = 2, unscored_fraction: float = 0.3) -> dict:
+    """Jigsaw's test layout: test.csv (id, comment_text) + test_labels.csv (id + 0/1 columns),
+    where a share of the rows carry -1 in every label (Jigsaw: "not used for scoring")."""
+    os.makedirs(out_dir, exist_ok=True)
+    table = generate(rows, seed)
+    unscored = np.random.default_rng(seed).random(rows) < unscored_fraction
+    labels = {"id": table.column("id")}
+    for name in JIGSAW_LABELS:
+        labels[name] = np.where(unscored, -1, table.column(name).to_numpy())
+    paths = {"test": os.path.join(out_dir, "test.csv"),
+             "test_labels": os.path.join(out_dir, "test_labels.csv")}
+    pacsv.write_csv(table.select(["id", "comment_text"]), paths["test"])
+    pacsv.write_csv(pa.table(labels), paths["test_labels"])
+    return {**paths, "num_unscored": int(unscored.sum())}

@@ -73,6 +73,19 @@ def _passthrough(job: JobConfig, ds: ray.data.Dataset) -> list[str]:
     return [c for c in ds.schema().names if c not in drop]
 
 
+def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
+                  passthrough: list[str], batch_size: int) -> ray.data.Dataset:
+    """Normalized rows -> tokenized -> Scorer actor pool (lazy); shared by score and evaluate."""
+    ds = data.tokenize(ds, model_dir, max_length, keep=passthrough)
+    return ds.map_batches(
+        Scorer,
+        fn_constructor_args=(model_dir, passthrough, job.train.precision if job.scaling.use_gpu
+                             else "fp32", int(job.scaling.cpus_per_worker)),
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=job.score.num_actors),
+        num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
+
+
 def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
     """Score `score.input` with `score.model`; write Parquet to `score.output` (replaced whole)."""
     from mlc_dist.runtime import init_ray
@@ -88,15 +101,8 @@ def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
                                       "text_pair_column": meta.text_pair_column})
     raw = data.read_table(input_paths, cfg, [cfg.text_column, *cfg.id_columns])
     passthrough = _passthrough(job, raw)
-    ds = data.read_unlabelled(input_paths, cfg, passthrough)
-    ds = data.tokenize(ds, model_dir, meta.max_length, keep=passthrough)
-    ds = ds.map_batches(
-        Scorer,
-        fn_constructor_args=(model_dir, passthrough, job.train.precision if job.scaling.use_gpu
-                             else "fp32", int(job.scaling.cpus_per_worker)),
-        batch_size=job.score.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=job.score.num_actors),
-        num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
+    ds = score_dataset(job, data.read_unlabelled(input_paths, cfg, passthrough), model_dir,
+                       meta.max_length, passthrough, job.score.batch_size)
     fs, final = data.object_store_fs(output)
     tmp = f"{final.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_uri = tmp if "://" not in output else f"{output.split('://')[0]}://{tmp}"

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from mlc_dist import data, metrics, strategy
-from mlc_dist.artifacts import ModelMeta, save_export
+from mlc_dist.artifacts import ModelMeta, read_meta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
 from mlc_dist.losses import build_loss
@@ -28,6 +28,7 @@ from mlc_dist.models import build_model, resolve_model_path
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
+VAL_FILE = "validation_predictions.npz"  # probs + labels of the last evaluation, for the report
 
 
 class Collate(NumpyBatchCollateFn):
@@ -119,13 +120,16 @@ def train_batches(shard, tcfg, collate: Collate, epoch: int):
     return map(collate, data.length_buckets(windows, tcfg.batch_size_per_worker, tcfg.seed + epoch))
 
 
-def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int) -> str:
+def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int,
+                     val_arrays: dict | None = None) -> str:
     # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
     directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
     weights = engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
     if rank == 0:
         save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta, weights)
         torch.save(state, os.path.join(directory, STATE_FILE))
+        if val_arrays:
+            np.savez_compressed(os.path.join(directory, VAL_FILE), **val_arrays)
     engine.save(directory, rank)
     torch.save({"torch_rng": torch.get_rng_state()}, os.path.join(directory, f"rng_rank{rank}.pt"))
     return directory
@@ -165,14 +169,15 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"[mlc-dist] resumed from checkpoint at step {state['global_step']} "
                   f"(epoch {state['epoch']}, batch {state['batches_done']})", flush=True)
 
-    reported = []
+    reported, last_eval = [], {}
     clock = StepClock(state, tcfg.throughput_warmup_steps)
 
     def report(eval_metrics: dict) -> None:
         reported.append(state["global_step"])
         if eval_metrics:
             state["history"].append({"step": state["global_step"], **eval_metrics})
-        directory = _save_checkpoint(engine, tokenizer, meta, state, rank)
+        directory = _save_checkpoint(engine, tokenizer, meta, state, rank,
+                                     last_eval if eval_metrics else None)
         if tcfg.checkpoint_metric and tcfg.checkpoint_metric not in eval_metrics:
             # A checkpoint-only report: NaN ranks below every scored one; Ray keeps the latest.
             eval_metrics = {**eval_metrics, tcfg.checkpoint_metric: float("nan")}
@@ -183,7 +188,13 @@ def train_loop_per_worker(config: dict) -> None:
     def validate() -> dict:
         probs, labels = evaluate(engine, val_shard, collate, tcfg.batch_size_per_worker * 2, rank,
                                  world)
-        return {f"val_{k}": v for k, v in metrics.summary(labels, probs, meta.thresholds).items()}
+        # Identical on every rank (gathered arrays), so the exported thresholds agree.
+        meta.thresholds = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
+                                                  tcfg.threshold_beta, tcfg.threshold)
+        last_eval.update(probs=probs, labels=labels)
+        tuned = metrics.summary(labels, probs, np.asarray(meta.thresholds))
+        return {**{f"val_{k}": v for k, v in metrics.summary(labels, probs, 0.5).items()},
+                "val_micro_f1_tuned": tuned["micro_f1"], "val_macro_f1_tuned": tuned["macro_f1"]}
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
@@ -262,15 +273,18 @@ def count_training_steps(job: JobConfig, num_rows: int) -> int:
     return min(total, job.train.max_steps) if job.train.max_steps else total
 
 
-def fit(job: JobConfig) -> dict:
-    """Prepare data, run the TorchTrainer, export the model and write metrics.json."""
+def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
+    """Prepare data, run the TorchTrainer, export the model, write metrics.json and the report.
+
+    `fold=(i, k)` validates on fold i of a k-fold stratified split of data.train (cv.py).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from mlc_dist.runtime import init_ray
 
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
-    prepared = data.prepare(job.data, job.train.seed)
+    prepared = data.prepare(job.data, job.train.seed, fold)
     model_path = resolve_model_path(job.model.name)
     datasets = {name: data.tokenize(ds, model_path, job.data.max_length, keep=[data.LABELS])
                 for name, ds in (("train", prepared.train), ("validation", prepared.validation))}
@@ -317,7 +331,12 @@ def fit(job: JobConfig) -> dict:
         export_dir = os.path.join(run_dir, "model")
         shutil.rmtree(export_dir, ignore_errors=True)
         shutil.copytree(os.path.join(directory, "model"), export_dir)
+        with np.load(os.path.join(directory, VAL_FILE)) as arrays:
+            val_probs, val_labels = arrays["probs"], arrays["labels"]
     final = result.metrics
+    thresholds = read_meta(export_dir).thresholds
+    evaluation = metrics.report(val_labels, val_probs, thresholds, prepared.label_space.names,
+                                job.train.threshold_beta)
     summary = {
         **{k: v for k, v in final.items() if k.startswith("val_")},
         "steps": state["global_step"],
@@ -341,7 +360,15 @@ def fit(job: JobConfig) -> dict:
         "history": state["history"],
         "resumed_from": state.get("resumed_from", []),  # steps this run restarted from
         "model_dir": export_dir,
+        "thresholds": thresholds,
+        "validation": evaluation,
     }
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    from mlc_dist.report import write_report
+
+    summary["report"] = write_report(
+        os.path.join(run_dir, "report"), f"{job.run.name}: validation", evaluation, val_labels,
+        val_probs, {"train": prepared.train_stats.positives,
+                    "validation": prepared.validation_stats.positives}, state["history"])
     return summary

@@ -1,0 +1,73 @@
+"""Evaluate an exported model on a labelled set: metrics.json, per-label CSV/Markdown, report.
+
+Owns the evaluate command only: reading is data.py's, inference is score.py's Scorer, numbers are
+metrics.py's and plots report.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from mlc_dist import data, metrics, report, score
+from mlc_dist.artifacts import read_meta
+from mlc_dist.config import JobConfig
+
+log = logging.getLogger(__name__)
+
+
+def collect(scored, names) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probs) [N, num_labels] from a scored dataset that kept the labels column."""
+    columns = score.score_columns(names)
+    labels, probs = [], []
+    for batch in scored.iter_batches(batch_size=4096, batch_format="numpy"):
+        labels.append(np.asarray(batch[data.LABELS], dtype=np.float32))
+        probs.append(np.stack([batch[c] for c in columns], axis=1))
+    if not labels:
+        raise data.DataError("evaluate.input: no rows left to evaluate")
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
+    """Score `evaluate.input` with `score.model` and write metrics at 0.5 and stored thresholds."""
+    from mlc_dist.runtime import init_ray
+
+    input_paths = input_paths or job.evaluate.input
+    output = os.path.abspath(output or job.evaluate.output or os.path.join(job.run_dir, "evaluation"))
+    if not input_paths:
+        raise ValueError("evaluate.input must be set (a labelled file in the data.* layout)")
+    model_dir = job.score_model
+    meta = read_meta(model_dir)
+    names = list(meta.label_space.names)
+    init_ray(min_cpus=job.score.num_actors)
+    cfg = job.data.model_copy(update={"text_column": meta.text_column,
+                                      "text_pair_column": meta.text_pair_column})
+    labels_table, num_unscored = None, 0
+    if job.evaluate.labels:
+        labels_table, num_unscored = data.drop_unscored(
+            data.read_label_table(job.evaluate.labels, cfg), names)
+        if num_unscored:
+            print(f"[mlc-dist] skipped {num_unscored} rows of {job.evaluate.labels} whose labels "
+                  f"are -1 (not scored)", flush=True)
+    ds = data.read_labelled(input_paths, cfg, meta.label_space, labels_table=labels_table,
+                            skip_unlabelled=labels_table is not None)
+    scored = score.score_dataset(job, ds, model_dir, meta.max_length, [data.LABELS],
+                                 job.evaluate.batch_size)
+    labels, probs = collect(scored, names)
+    evaluation = metrics.report(labels, probs, meta.thresholds, names, job.train.threshold_beta)
+    os.makedirs(output, exist_ok=True)
+    summary = {**evaluation, "model": model_dir, "input": input_paths,
+               "labels_file": job.evaluate.labels, "num_skipped_unscored": num_unscored}
+    with open(os.path.join(output, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    table = report.per_label_table(evaluation)
+    table.to_csv(os.path.join(output, "per_label.csv"), index=False)
+    with open(os.path.join(output, "per_label.md"), "w") as f:
+        f.write(report.to_markdown(table))
+    summary["report"] = report.write_report(os.path.join(output, "report"),
+                                            f"evaluation of {model_dir}", evaluation, labels, probs)
+    summary["output"] = output
+    return summary

@@ -1,0 +1,102 @@
+"""k-fold cross-validation and `evaluate` (Jigsaw test layout) on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mlc_dist import cv, evaluate
+from mlc_dist.artifacts import read_meta
+from mlc_dist.demo import JIGSAW_LABELS, write_test
+
+from .helpers import demo_job
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory, tiny_bert, ray_cluster):
+    tmp = tmp_path_factory.mktemp("folds")
+    job = demo_job(tmp, tiny_bert, rows=300, name="cv",
+                   train={"folds": 2, "max_steps": 4, "lr": 3e-3},
+                   scaling={"num_workers": 1})
+    return job, cv.cross_validate(job)
+
+
+def test_k_folds_give_k_runs_and_an_aggregate(folds):
+    job, result = folds
+    assert result["folds"] == 2 and len(result["runs"]) == 2
+    assert [os.path.basename(r) for r in result["runs"]] == ["cv-fold0", "cv-fold1"]
+    # The two validation folds partition the 300 rows.
+    assert sum(result["validation_rows"]) == 300
+    assert all(abs(n - 150) <= 10 for n in result["validation_rows"])
+    saved = json.load(open(os.path.join(job.run_dir, "cv_metrics.json")))
+    fold_aucs = [json.load(open(os.path.join(r, "metrics.json")))["validation"]["mean_auc"]
+                 for r in result["runs"]]
+    auc = saved["metrics"]["mean_auc"]
+    assert auc["folds"] == pytest.approx(fold_aucs)
+    assert auc["mean"] == pytest.approx(np.mean(fold_aucs))
+    assert auc["std"] == pytest.approx(np.std(fold_aucs))
+    for key in ("macro_f1", "macro_f1_tuned", "subset_accuracy_tuned", "hamming_loss_tuned"):
+        assert 0.0 <= saved["metrics"][key]["mean"] <= 1.0, key
+
+
+def test_training_tunes_exports_thresholds_and_writes_the_report(folds):
+    _, result = folds
+    run_dir = result["runs"][0]
+    summary = json.load(open(os.path.join(run_dir, "metrics.json")))
+    thresholds = read_meta(os.path.join(run_dir, "model")).thresholds
+    assert summary["thresholds"] == thresholds and len(thresholds) == len(JIGSAW_LABELS)
+    assert any(t != 0.5 for t in thresholds)
+    val = summary["validation"]
+    # Tuned on these very rows, so per-label F1 at the tuned threshold is never below 0.5's.
+    for row in val["per_label"]:
+        if row["f1"] is not None:
+            assert row["f1"] >= row["f1_at_0.5"] - 1e-9, row
+    assert val["macro_f1_tuned"] >= val["macro_f1"] - 1e-9
+    assert summary["val_macro_f1_tuned"] == pytest.approx(val["macro_f1_tuned"])
+    assert sum(1 for h in summary["history"] if "val_mean_auc" in h) >= 1
+    report_dir = os.path.join(run_dir, "report")
+    for name in ("labels.png", "history.png", "confusion.png", "pr_curves.png",
+                 "label_sets.png"):
+        with open(os.path.join(report_dir, name), "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE, name
+    page = open(os.path.join(report_dir, "report.html")).read()
+    assert page.startswith("<!doctype html>") and 'src="pr_curves.png"' in page
+    assert all(name in page for name in JIGSAW_LABELS)
+
+
+def test_evaluate_on_the_jigsaw_test_layout(folds, tmp_path):
+    job, result = folds
+    paths = write_test(str(tmp_path / "jigsaw"), rows=120, seed=5)
+    job = job.model_copy(update={
+        "score": job.score.model_copy(update={"model": os.path.join(result["runs"][0], "model")}),
+        "evaluate": job.evaluate.model_copy(update={
+            "input": paths["test"], "labels": paths["test_labels"],
+            "output": str(tmp_path / "eval")})})
+    out = evaluate.run(job)
+    assert 0 < paths["num_unscored"] < 120
+    assert out["num_skipped_unscored"] == paths["num_unscored"]
+    assert out["num_rows"] == 120 - paths["num_unscored"]
+    saved = json.load(open(tmp_path / "eval" / "metrics.json"))
+    for key in ("mean_auc", "micro_f1", "macro_f1", "micro_f1_tuned", "macro_f1_tuned",
+                "subset_accuracy", "hamming_loss"):
+        assert key in saved, key
+    assert [r["label"] for r in saved["per_label"]] == list(JIGSAW_LABELS)
+    thresholds = read_meta(os.path.join(result["runs"][0], "model")).thresholds
+    assert [r["threshold"] for r in saved["per_label"]] == pytest.approx(thresholds)
+    # Supports count only the scored rows (the -1 rows are gone).
+    import pyarrow.csv as pacsv
+
+    truth = pacsv.read_csv(paths["test_labels"]).to_pandas()
+    truth = truth[truth["toxic"] != -1]
+    assert [r["support"] for r in saved["per_label"]] == [int(truth[n].sum())
+                                                          for n in JIGSAW_LABELS]
+    csv_lines = open(tmp_path / "eval" / "per_label.csv").read().strip().splitlines()
+    assert len(csv_lines) == 1 + len(JIGSAW_LABELS)
+    assert os.path.isfile(tmp_path / "eval" / "per_label.md")
+    with open(tmp_path / "eval" / "report" / "pr_curves.png", "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
