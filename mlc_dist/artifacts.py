@@ -43,7 +43,8 @@ class ModelMeta:
 def save_export(directory: str, model, tokenizer, meta: ModelMeta) -> None:
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+    if tokenizer is not None:  # tabular models have none
+        tokenizer.save_pretrained(directory)
     write_meta(directory, meta)
 
 
@@ -61,11 +62,17 @@ def read_meta(directory: str) -> ModelMeta:
 
 
 def load_export(directory: str, trust_remote_code: bool = False):
-    """(model in eval mode, tokenizer, meta) from an exported folder; weights via safetensors."""
+    """(model in eval mode, tokenizer or None, meta) from an exported folder; safetensors.
+
+    Importing mlc_dist.models registers our own model classes with the Auto* classes.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import mlc_dist.models  # noqa: F401
 
     meta = read_meta(directory)
     model = AutoModelForSequenceClassification.from_pretrained(
         directory, trust_remote_code=trust_remote_code, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    has_tokenizer = os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
     return model.eval(), tokenizer, meta

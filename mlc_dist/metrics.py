@@ -37,3 +37,15 @@ def summary(labels: np.ndarray, probs: np.ndarray, thresholds: float | np.ndarra
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
     }
+
+
+def category_summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Multi-category labels: (true indices, predicted indices) per label -> mean accuracy and
+    mean macro-F1 over those labels."""
+    from sklearn.metrics import accuracy_score
+
+    return {
+        "category_accuracy": float(np.mean([accuracy_score(t, p) for t, p in pairs])),
+        "category_macro_f1": float(np.mean([f1_score(t, p, average="macro", zero_division=0)
+                                            for t, p in pairs])),
+    }

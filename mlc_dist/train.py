@@ -23,7 +23,7 @@ from mlc_dist import data, metrics, strategy
 from mlc_dist.artifacts import ModelMeta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
-from mlc_dist.losses import build_loss
+from mlc_dist.losses import build_objective
 from mlc_dist.models import build_model, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _gather(array: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int):
+def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int, objective):
     """Probabilities and labels for the whole validation set, on every rank.
 
     Every rank reads the full (unsplit) validation set and runs the model on every world-th batch,
@@ -65,18 +65,18 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
         inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "labels"}
         with engine.autocast():
             logits = engine.module(**inputs).logits
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        probs.append(objective.probabilities(logits.float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
     engine.model.train()
-    num_labels = engine.module.config.num_labels
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, num_labels), np.float32)  # noqa: E731
-    return _gather(cat(probs)), _gather(cat(labels))
+    cat = lambda xs, n: np.concatenate(xs) if xs else np.zeros((0, n), np.float32)  # noqa: E731
+    return (_gather(cat(probs, objective.num_outputs)),
+            _gather(cat(labels, len(objective.names))))
 
 
 def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int) -> str:
     # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
     directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
-    if rank == 0:
+    if rank == 0:  # tokenizer is None for tabular models
         save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta)
         torch.save(state, os.path.join(directory, STATE_FILE))
     engine.save(directory, rank)
@@ -94,13 +94,19 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     set_seed(tcfg.seed)
     space = LabelSpace.from_dict(config["label_space"])
-    model_path = resolve_model_path(job.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    engine = strategy.prepare(build_model(job.model, space), tcfg, config["num_training_steps"])
-    loss_fn = build_loss(config["pos_weight"]).to(engine.device)
+    tokenizer_path = config["tokenizer_path"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path) if tokenizer_path else None
+    pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
+    model = build_model(job.model, space, vocab_size=len(tokenizer) if tokenizer else None,
+                        pad_token_id=pad_token_id, max_length=job.data.max_length,
+                        num_features=len(job.data.feature_columns or []))
+    engine = strategy.prepare(model, tcfg, config["num_training_steps"])
+    objective = build_objective(space, job.model.head, config["pos_weight"]).to(engine.device)
     meta = ModelMeta(space, [0.5] * len(space), job.data.text_column, job.data.text_pair_column,
-                     job.data.max_length, job.model.name)
-    collate = Collate(tokenizer.pad_token_id)
+                     job.data.max_length, job.model.name,
+                     {"kind": job.model.kind, "head": job.model.head,
+                      "feature_columns": job.data.feature_columns})
+    collate = Collate(pad_token_id)
 
     state = {"global_step": 0, "epoch": 0, "batches_done": 0, "history": [], "train_time_s": 0.0,
              "train_samples": 0, "train_tokens": 0}
@@ -129,8 +135,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     def validate() -> dict:
         probs, labels = evaluate(engine, val_shard, collate, tcfg.batch_size_per_worker * 2, rank,
-                                 world)
-        return {f"val_{k}": v for k, v in metrics.summary(labels, probs, meta.thresholds).items()}
+                                 world, objective)
+        return {f"val_{k}": v for k, v in objective.summary(labels, probs, meta.thresholds).items()}
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
@@ -149,11 +155,11 @@ def train_loop_per_worker(config: dict) -> None:
             labels = batch.pop("labels")
             with engine.accumulate():
                 logits = engine.model(**batch).logits  # [B, num_labels]
-                loss = loss_fn(logits.float(), labels)
+                loss = objective.loss(logits.float(), labels)
                 engine.backward(loss)
             state["batches_done"] += 1
             state["train_samples"] += len(labels) * world
-            state["train_tokens"] += int(batch["attention_mask"].sum()) * world
+            state["train_tokens"] += int(batch.get("attention_mask", labels).sum()) * world
             window_loss, window_n = window_loss + loss.item(), window_n + 1
             if not engine.step():
                 continue
@@ -191,6 +197,27 @@ def count_training_steps(job: JobConfig, num_rows: int) -> int:
     return min(total, job.train.max_steps) if job.train.max_steps else total
 
 
+def _tokenizer_path(job: JobConfig, prepared: data.Prepared) -> str | None:
+    """The checkpoint's tokenizer (hf), the given or a newly trained WordPiece one (encoder), or
+    none (mlp). A trained tokenizer is saved under the run folder and reused by a rerun."""
+    if job.model.kind == "mlp":
+        return None
+    if job.model.kind == "hf":
+        return resolve_model_path(job.model.name)
+    if job.model.tokenizer:
+        return job.model.tokenizer
+    from mlc_dist.models.encoder import train_tokenizer
+
+    path = os.path.abspath(os.path.join(job.run_dir, "tokenizer"))
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        texts = (t for b in prepared.train.select_columns([data.TEXT]).iter_batches(
+            batch_size=4096, batch_format="numpy") for t in b[data.TEXT])
+        train_tokenizer(texts, job.model.vocab_size, path, job.data.max_length)
+        print(f"[mlc-dist] trained a WordPiece tokenizer ({job.model.vocab_size} tokens) on "
+              f"{job.data.train} -> {path}", flush=True)
+    return path
+
+
 def fit(job: JobConfig) -> dict:
     """Prepare data, run the TorchTrainer, export the model and write metrics.json."""
     import ray.train
@@ -200,8 +227,9 @@ def fit(job: JobConfig) -> dict:
 
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
     prepared = data.prepare(job.data, job.train.seed)
-    model_path = resolve_model_path(job.model.name)
-    datasets = {name: data.tokenize(ds, model_path, job.data.max_length, keep=[data.LABELS])
+    tokenizer_path = _tokenizer_path(job, prepared)
+    datasets = {name: data.encode(ds, job.data, tokenizer_path, job.data.max_length,
+                                  keep=[data.LABELS])
                 for name, ds in (("train", prepared.train), ("validation", prepared.validation))}
     num_steps = count_training_steps(job, prepared.train_stats.num_rows)
     print(f"[mlc-dist] {prepared.train_stats.num_rows} training rows, "
@@ -214,6 +242,7 @@ def fit(job: JobConfig) -> dict:
             "job": job.model_dump(),
             "label_space": prepared.label_space.to_dict(),
             "num_training_steps": num_steps,
+            "tokenizer_path": tokenizer_path,
             "pos_weight": prepared.pos_weight(job.train.pos_weight_max) if job.train.pos_weight
             else None,
         },
