@@ -43,6 +43,10 @@ class MlcHFForSequenceClassification(PreTrainedModel):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(
             config.encoder_config())
+        if getattr(self.encoder, "pooler", None) is not None:
+            # We pool the token states ourselves; an unused pooler would leave DDP waiting for
+            # gradients that never come (BERT/RoBERTa forwards skip a pooler set to None).
+            self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size if hasattr(self.encoder.config, "hidden_size") \
             else self.encoder.config.d_model
         self.dropout = nn.Dropout(config.classifier_dropout)
