@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from mlc_dist import data, metrics, strategy
+from mlc_dist import data, strategy
 from mlc_dist.artifacts import ModelMeta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
