@@ -44,7 +44,8 @@ def save_export(directory: str, model, tokenizer, meta: ModelMeta, state_dict=No
     """`state_dict` replaces the module's own weights (sharded engines gather them first)."""
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(directory)
+    if tokenizer is not None:  # tabular models have none
+        tokenizer.save_pretrained(directory)
     write_meta(directory, meta)
 
 
@@ -62,11 +63,17 @@ def read_meta(directory: str) -> ModelMeta:
 
 
 def load_export(directory: str, trust_remote_code: bool = False):
-    """(model in eval mode, tokenizer, meta) from an exported folder; weights via safetensors."""
+    """(model in eval mode, tokenizer or None, meta) from an exported folder; safetensors.
+
+    Importing mlc_dist.models registers our own model classes with the Auto* classes.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import mlc_dist.models  # noqa: F401
 
     meta = read_meta(directory)
     model = AutoModelForSequenceClassification.from_pretrained(
         directory, trust_remote_code=trust_remote_code, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    has_tokenizer = os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
     return model.eval(), tokenizer, meta

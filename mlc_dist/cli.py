@@ -109,11 +109,16 @@ def predict(model_dir: Annotated[str, typer.Argument(help="Exported model folder
 @app.command("demo-data")
 def demo_data(out: Annotated[str, typer.Argument(help="Output folder")],
               rows: Annotated[int, typer.Option(help="Training rows")] = 4000,
-              seed: Annotated[int, typer.Option()] = 0):
-    """Write a generated corpus in the Jigsaw layout (train.csv, score.parquet)."""
-    from mlc_dist.demo import write_demo
+              seed: Annotated[int, typer.Option()] = 0,
+              kind: Annotated[str, typer.Option(
+                  help="text (Jigsaw layout), tabular (12 features, 5 labels) or severity "
+                       "(text with a 3-valued label)")] = "text"):
+    """Write generated data: train file(s) and score.parquet."""
+    from mlc_dist.demo import _KINDS, write_demo_kind
 
-    for name, path in write_demo(out, rows, seed).items():
+    if kind not in _KINDS:
+        raise typer.BadParameter(f"--kind must be one of {sorted(_KINDS)}")
+    for name, path in write_demo_kind(out, kind, rows, seed).items():
         typer.echo(f"{name}: {path}")
 
 

@@ -50,6 +50,11 @@ class DataConfig(_Section):
     label_names: list[str] | None = None
     label_names_file: str | None = None  # one label name per line; list ids index it
     max_length: int = Field(128, ge=8, le=8192)
+    # Labels with more than two values: label -> category names; the column holds the category
+    # index (0..K-1) or its name. Needs model.head: multi_category.
+    label_categories: dict[str, list[str]] = Field(default_factory=dict)
+    # Tabular input (model.kind: mlp): numeric columns read instead of a text column.
+    feature_columns: list[str] | None = None
     validation_fraction: float = Field(0.1, gt=0, lt=1)
 
     @model_validator(mode="after")
@@ -62,14 +67,38 @@ class DataConfig(_Section):
             raise ValueError("data.label_list_column needs data.label_names or data.label_names_file")
         if self.validation_labels and not self.train_labels:
             raise ValueError("data.validation_labels needs data.train_labels")
+        bad = {k: v for k, v in self.label_categories.items() if len(v) < 2 or len(set(v)) < len(v)}
+        if bad:
+            raise ValueError(f"data.label_categories: each label needs >= 2 distinct categories: {bad}")
         if (self.train_labels or self.validation_labels) and not self.id_columns:
             raise ValueError("data.train_labels is joined on data.id_columns, which is empty")
         return self
 
 
 class ModelConfig(_Section):
-    name: str = DEFAULT_MODEL  # hub name or local folder
+    # hf: a pretrained HF checkpoint; encoder: a Transformer encoder from scratch; mlp: tabular.
+    kind: Literal["hf", "encoder", "mlp"] = "hf"
+    name: str = DEFAULT_MODEL  # hub name or local folder (kind: hf)
     trust_remote_code: bool = False
+    # linear: one fused layer, BCE; multi_binary: one head per label, BCE; multi_category: one
+    # softmax head per label (K_i classes from data.label_categories, 2 otherwise), cross-entropy.
+    head: Literal["linear", "multi_binary", "multi_category"] = "linear"
+    pooling: Literal["cls", "mean"] = "cls"  # how HF token states become one vector
+    # Sizes for kind: encoder / mlp (ignored for hf).
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)  # default 4 * hidden_size
+    dropout: float = Field(0.1, ge=0, lt=1)
+    vocab_size: int = Field(8000, ge=100)  # WordPiece vocabulary trained on data.train
+    tokenizer: str | None = None  # kind: encoder: an existing tokenizer folder instead
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ModelConfig":
+        if self.kind == "encoder" and self.hidden_size % self.num_heads:
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"model.num_heads ({self.num_heads})")
+        return self
 
 
 class TrainConfig(_Section):
@@ -167,6 +196,11 @@ class JobConfig(_Section):
             raise ValueError("train.folds splits data.train into folds; unset data.validation")
         if self.evaluate.labels and not self.data.id_columns:
             raise ValueError("evaluate.labels is joined on data.id_columns, which is empty")
+        if (self.model.kind == "mlp") != bool(self.data.feature_columns):
+            raise ValueError("model.kind: mlp and data.feature_columns go together "
+                             "(tabular input needs both; text models need neither)")
+        if self.data.label_categories and self.model.head != "multi_category":
+            raise ValueError("data.label_categories needs model.head: multi_category")
         return self
 
     def deepspeed_config(self) -> dict:
@@ -307,6 +341,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     for section, keys in {
         "run": ["output_dir"],
         "data": ["train", "validation", "train_labels", "validation_labels", "label_names_file"],
+        "model": ["tokenizer"],
         "score": ["input", "output", "model"],
         "evaluate": ["input", "labels", "output"],
     }.items():

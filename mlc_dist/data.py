@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Normalized column names every reader produces (ids keep their own names).
 TEXT, TEXT_PAIR, LABELS, KEY, PATH = "text", "text_pair", "labels", "_key", "path"
+FEATURES = "features"  # tabular input: one float32 vector per row (data.feature_columns)
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
@@ -129,6 +130,15 @@ def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
 
 
 def label_space_for(cfg: DataConfig, labels_table: pa.Table | None = None) -> LabelSpace:
+    space = _label_names(cfg, labels_table)
+    unknown = sorted(set(cfg.label_categories) - set(space.names))
+    if unknown:
+        raise DataError(f"data.label_categories names {unknown}, which are not labels "
+                        f"({list(space.names)[:10]}...)")
+    return LabelSpace(space.names, {k: tuple(v) for k, v in cfg.label_categories.items()})
+
+
+def _label_names(cfg: DataConfig, labels_table: pa.Table | None) -> LabelSpace:
     if cfg.label_names_file:
         return LabelSpace.from_file(cfg.label_names_file)
     if cfg.label_names:
@@ -165,13 +175,13 @@ class Normalize:
         self.labels_by_id = None
         if labels_table is not None and label_space is not None:
             keys = _keys_of(labels_table, cfg.id_columns)
-            matrix = _wide_labels(labels_table, label_space.names, cfg, source="labels file")
+            matrix = _wide_labels(labels_table, label_space, cfg, source="labels file")
             self.labels_by_id = dict(zip(keys, matrix))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cfg = self.cfg
-        needed = [cfg.text_column, *([cfg.text_pair_column] if cfg.text_pair_column else []),
-                  *self.passthrough]
+        inputs = cfg.feature_columns or [cfg.text_column, *filter(None, [cfg.text_pair_column])]
+        needed = [*inputs, *self.passthrough]
         if self.label_space is not None and self.labels_by_id is None:
             needed += [cfg.label_list_column] if cfg.label_list_column else list(cfg.label_columns or [])
         missing = [c for c in needed if c not in batch.column_names]
@@ -183,6 +193,8 @@ class Normalize:
             keys = _keys_of(batch, cfg.id_columns)
             batch = batch.filter(pa.array([k in self.labels_by_id for k in keys], pa.bool_()))
         out = {c: batch.column(c) for c in self.passthrough}
+        if cfg.feature_columns:
+            return self._tabular(batch, out)
         text = batch.column(cfg.text_column).cast(pa.string())
         empty = pc.or_(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text.fill_null("")), ""))
         out[TEXT] = text.fill_null("")
@@ -190,6 +202,33 @@ class Normalize:
             out[TEXT_PAIR] = batch.column(cfg.text_pair_column).cast(pa.string()).fill_null("")
         out["_empty"] = empty
         out[KEY] = pa.array(_keys_of(batch, cfg.id_columns, cfg.text_column, cfg.text_pair_column))
+        if self.label_space is not None:
+            out[LABELS] = _tensor_column(self._labels(batch, out[KEY].to_pylist()))
+        out[PATH] = batch.column(PATH) if PATH in batch.column_names else pa.nulls(len(batch),
+                                                                                    pa.string())
+        return pa.table(out)
+
+    def _tabular(self, batch: pa.Table, out: dict) -> pa.Table:
+        """Feature columns -> one float32 vector column; rows with a missing value are an error."""
+        cfg = self.cfg
+        matrix = np.zeros((len(batch), len(cfg.feature_columns)), np.float32)
+        for j, name in enumerate(cfg.feature_columns):
+            try:
+                matrix[:, j] = batch.column(name).cast(pa.float32()).to_numpy(zero_copy_only=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+                raise DataError(f"{_row_ref(batch, 0, cfg.id_columns)}: feature column {name!r} "
+                                f"is not numeric: {exc}") from None
+        bad = np.isnan(matrix).any(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{_row_ref(batch, i, cfg.id_columns)}: a feature column "
+                            f"({cfg.feature_columns}) is null or NaN")
+        out[FEATURES] = _tensor_column(matrix)
+        out[TEXT] = pa.array([""] * len(batch), pa.string())
+        out["_empty"] = pa.array(np.zeros(len(batch), bool))
+        out[KEY] = pa.array(_keys_of(batch, cfg.id_columns) if cfg.id_columns else
+                            [hashlib.blake2b(r.tobytes(), digest_size=12).hexdigest()
+                             for r in matrix])
         if self.label_space is not None:
             out[LABELS] = _tensor_column(self._labels(batch, out[KEY].to_pylist()))
         out[PATH] = batch.column(PATH) if PATH in batch.column_names else pa.nulls(len(batch),
@@ -221,10 +260,14 @@ class Normalize:
                             f"has label {item!r}, which is not in the label space of "
                             f"{len(space)} labels") from None
             return matrix
-        return _wide_labels(batch, space.names, cfg)
+        return _wide_labels(batch, space, cfg)
 
 
-def _wide_labels(batch: pa.Table, names, cfg: DataConfig, source: str | None = None) -> np.ndarray:
+def _wide_labels(batch: pa.Table, space: LabelSpace, cfg: DataConfig,
+                 source: str | None = None) -> np.ndarray:
+    """0/1 per label; for a multi-category label, its category index (the column holds the index
+    or the category name)."""
+    names = space.names
     missing = [c for c in names if c not in batch.column_names]
     if missing:
         raise DataError(f"{source or batch.column(PATH)[0].as_py()}: missing label column(s) "
@@ -232,15 +275,36 @@ def _wide_labels(batch: pa.Table, names, cfg: DataConfig, source: str | None = N
     matrix = np.zeros((len(batch), len(names)), np.float32)
     for j, name in enumerate(names):
         values = batch.column(name).to_numpy(zero_copy_only=False)
-        ok = np.isin(values, (0, 1)) if values.dtype != object else np.array(
-            [v in (0, 1) for v in values])
+        categories = space.categories.get(name)
+        if categories:
+            values = _category_indices(values, categories)
+        allowed = range(len(categories)) if categories else (0, 1)
+        ok = np.isin(values, allowed) if values.dtype != object else np.array(
+            [v in allowed for v in values])
         if not ok.all():
             i = int(np.argmin(ok))
             where = source if source else _row_ref(batch, i, cfg.id_columns)
-            raise DataError(f"{where}: label column {name!r} has value {values[i]!r}; "
-                            f"expected 0 or 1")
+            expected = (f"a category index 0..{len(categories) - 1} or one of {list(categories)}"
+                        if categories else "0 or 1")
+            raise DataError(f"{where}: label column {name!r} has value "
+                            f"{batch.column(name)[i].as_py()!r}; expected {expected}")
         matrix[:, j] = values.astype(np.float32)
     return matrix
+
+
+def _category_indices(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
+    # Names map to their index; integers (or digit strings) pass through; anything else -> -1.
+    lookup = {c: i for i, c in enumerate(categories)}
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        text = "" if v is None else str(v).strip()
+        if text in lookup:
+            out[i] = lookup[text]
+        elif isinstance(v, (int, np.integer)) or text.lstrip("-").isdigit():
+            out[i] = int(text)
+        else:
+            out[i] = -1
+    return out
 
 
 def _keys_of(batch: pa.Table, id_columns: list[str], text_column: str | None = None,
@@ -303,6 +367,8 @@ def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, np.n
     Written here rather than `tokenizer.pad` because the rows arrive as numpy arrays and a
     per-row list conversion would dominate the step time on CPU.
     """
+    if FEATURES in batch:  # tabular rows: nothing to pad
+        return {FEATURES: np.asarray(batch[FEATURES], dtype=np.float32)}
     ids = batch["input_ids"]
     lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
     width = int(lengths.max()) if len(ids) else 0
@@ -431,16 +497,17 @@ def stratified_split(keys: np.ndarray, labels: np.ndarray, fraction: float, seed
 
     unique, first = np.unique(keys, return_index=True)
     x = np.zeros(len(unique))
+    # Multi-category labels stratify on "not the first category" (the splitter wants 0/1).
     if fold is None:
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction,
                                                     random_state=seed)
-        _, val_idx = next(splitter.split(x, labels[first]))
+        _, val_idx = next(splitter.split(x, (labels[first] > 0).astype(int)))
     else:
         index, num_folds = fold
         if not 0 <= index < num_folds:
             raise ValueError(f"fold {index} is not in 0..{num_folds - 1}")
         splits = MultilabelStratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-        _, val_idx = list(splits.split(x, labels[first]))[index]
+        _, val_idx = list(splits.split(x, (labels[first] > 0).astype(int)))[index]
     return set(unique[val_idx].tolist())
 
 
@@ -497,6 +564,14 @@ def tokenize(ds: ray.data.Dataset, tokenizer_path: str, max_length: int,
              keep: list[str]) -> ray.data.Dataset:
     return ds.map_batches(Tokenize(tokenizer_path, max_length, keep), batch_format="numpy",
                           batch_size=256)
+
+
+def encode(ds: ray.data.Dataset, cfg: DataConfig, tokenizer_path: str | None, max_length: int,
+           keep: list[str]) -> ray.data.Dataset:
+    """Model inputs: token ids (ragged, via the tokenizer) or, for tabular data, the features."""
+    if cfg.feature_columns:
+        return ds.select_columns([*keep, FEATURES])
+    return tokenize(ds, tokenizer_path, max_length, keep)
 
 
 def object_store_fs(path: str) -> tuple[pafs.FileSystem, str]:

@@ -80,3 +80,49 @@ def write_test(out_dir: str, rows: int, seed: int = 2, unscored_fraction: float 
     pacsv.write_csv(table.select(["id", "comment_text"]), paths["test"])
     pacsv.write_csv(pa.table(labels), paths["test_labels"])
     return {**paths, "num_unscored": int(unscored.sum())}
+TABULAR_LABELS = tuple(f"label_{j}" for j in range(5))
+TABULAR_FEATURES = tuple(f"f{j}" for j in range(12))
+SEVERITY = ("none", "mild", "severe")
+
+
+def generate_tabular(rows: int, seed: int = 0) -> pa.Table:
+    """The multi-head tutorial's data: make_multilabel_classification, 12 features, 5 labels."""
+    from sklearn.datasets import make_multilabel_classification
+
+    x, y = make_multilabel_classification(n_samples=rows, n_features=len(TABULAR_FEATURES),
+                                          n_classes=len(TABULAR_LABELS), n_labels=2,
+                                          random_state=seed)
+    columns = {"id": [f"t{seed:02d}{i:08x}" for i in range(rows)]}
+    columns.update({f: x[:, j].astype(np.float32) for j, f in enumerate(TABULAR_FEATURES)})
+    columns.update({n: y[:, j].astype(np.int64) for j, n in enumerate(TABULAR_LABELS)})
+    return pa.table(columns)
+
+
+def generate_severity(rows: int, seed: int = 0) -> pa.Table:
+    """The Jigsaw-layout corpus with toxic/severe_toxic folded into one 3-valued `severity`
+    label (none / mild / severe, written as names) beside the binary labels."""
+    table = generate(rows, seed)
+    toxic = table.column("toxic").to_numpy()
+    severe = table.column("severe_toxic").to_numpy()
+    severity = np.where(severe == 1, 2, toxic)
+    keep = table.drop_columns(["toxic", "severe_toxic"])
+    return keep.append_column("severity", pa.array([SEVERITY[v] for v in severity]))
+
+
+_KINDS = {"text": generate, "tabular": generate_tabular, "severity": generate_severity}
+
+
+def write_demo_kind(out_dir: str, kind: str, rows: int, seed: int = 0) -> dict[str, str]:
+    """train.parquet (labelled) and score.parquet (no labels, a quarter the size) for `kind`."""
+    if kind == "text":
+        return write_demo(out_dir, rows, seed)
+    os.makedirs(out_dir, exist_ok=True)
+    make = _KINDS[kind]
+    train, score = make(rows, seed), make(max(1, rows // 4), seed + 1)
+    labels = TABULAR_LABELS if kind == "tabular" else (*JIGSAW_LABELS[2:], "severity")
+    paths = {"train": os.path.join(out_dir, "train.parquet"),
+             "score": os.path.join(out_dir, "score.parquet")}
+    pq.write_table(train, paths["train"])
+    pq.write_table(score.drop_columns([c for c in labels if c in score.column_names]),
+                   paths["score"])
+    return paths

@@ -136,3 +136,15 @@ def report(labels: np.ndarray, probs: np.ndarray, thresholds: float | list[float
          "f1": tuned["f1"][j], "f1_at_0.5": at_half["f1"][j], "confusion": tuned["confusion"][j]}
         for j, name in enumerate(names)]
     return out
+
+
+def category_summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Multi-category labels: (true indices, predicted indices) per label -> mean accuracy and
+    mean macro-F1 over those labels."""
+    from sklearn.metrics import accuracy_score
+
+    return {
+        "category_accuracy": float(np.mean([accuracy_score(t, p) for t, p in pairs])),
+        "category_macro_f1": float(np.mean([f1_score(t, p, average="macro", zero_division=0)
+                                            for t, p in pairs])),
+    }

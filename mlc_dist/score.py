@@ -17,6 +17,7 @@ import torch
 from mlc_dist import data
 from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfig
+from mlc_dist.losses import build_objective
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,11 @@ class Scorer:
         self.model, tokenizer, self.meta = load_export(model_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-        self.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.passthrough = passthrough
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
-        names = self.meta.label_space.names
-        self.score_cols, self.pred_cols = score_columns(names), pred_columns(names)
+        self.objective = build_objective(self.meta.label_space, self.meta.extra.get("head", "linear"))
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -55,11 +55,9 @@ class Scorer:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
             logits = self.model(**inputs).logits
-        probs = torch.sigmoid(logits.float()).cpu().numpy()  # [B, num_labels]
-        preds = (probs >= self.thresholds).astype(np.int8)
+        probs = self.objective.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
         out = {c: batch[c] for c in self.passthrough}
-        out.update({c: probs[:, j].astype(np.float32) for j, c in enumerate(self.score_cols)})
-        out.update({c: preds[:, j] for j, c in enumerate(self.pred_cols)})
+        out.update(self.objective.columns(probs, self.thresholds))
         return out
 
 
@@ -69,14 +67,14 @@ def _passthrough(job: JobConfig, ds: ray.data.Dataset) -> list[str]:
     # No ids declared: keep every input column that is not text or a label.
     cfg = job.data
     drop = {cfg.text_column, cfg.text_pair_column, cfg.label_list_column, data.PATH,
-            *(cfg.label_columns or [])}
+            *(cfg.label_columns or []), *(cfg.feature_columns or [])}
     return [c for c in ds.schema().names if c not in drop]
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
                   passthrough: list[str], batch_size: int) -> ray.data.Dataset:
-    """Normalized rows -> tokenized -> Scorer actor pool (lazy); shared by score and evaluate."""
-    ds = data.tokenize(ds, model_dir, max_length, keep=passthrough)
+    """Normalized rows -> model inputs -> Scorer actor pool (lazy); shared by score and evaluate."""
+    ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     return ds.map_batches(
         Scorer,
         fn_constructor_args=(model_dir, passthrough, job.train.precision if job.scaling.use_gpu
@@ -98,7 +96,8 @@ def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
     meta = read_meta(model_dir)
     init_ray(min_cpus=job.score.num_actors)
     cfg = job.data.model_copy(update={"text_column": meta.text_column,
-                                      "text_pair_column": meta.text_pair_column})
+                                      "text_pair_column": meta.text_pair_column,
+                                      "feature_columns": meta.extra.get("feature_columns")})
     raw = data.read_table(input_paths, cfg, [cfg.text_column, *cfg.id_columns])
     passthrough = _passthrough(job, raw)
     ds = score_dataset(job, data.read_unlabelled(input_paths, cfg, passthrough), model_dir,

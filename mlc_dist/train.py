@@ -23,7 +23,7 @@ from mlc_dist import data, metrics, strategy
 from mlc_dist.artifacts import ModelMeta, read_meta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
-from mlc_dist.losses import build_loss
+from mlc_dist.losses import build_objective
 from mlc_dist.models import build_model, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _gather(array: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int):
+def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int, objective):
     """Probabilities and labels for the whole validation set, on every rank.
 
     Every rank reads the full (unsplit) validation set and runs the model on every world-th batch,
@@ -70,15 +70,15 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
         num_batches, filler = i + 1, filler or batch
         if i % world != rank:
             continue
-        probs.append(torch.sigmoid(forward(batch).float()).cpu().numpy())
+        probs.append(objective.probabilities(forward(batch).float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
     # ZeRO-3 gathers parameters inside every forward (a collective): all ranks run as many.
     for _ in range(math.ceil(num_batches / world) - len(probs)):
         forward(filler)
     engine.model.train()
-    num_labels = engine.module.config.num_labels
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, num_labels), np.float32)  # noqa: E731
-    return _gather(cat(probs)), _gather(cat(labels))
+    cat = lambda xs, n: np.concatenate(xs) if xs else np.zeros((0, n), np.float32)  # noqa: E731
+    return (_gather(cat(probs, objective.num_outputs)),
+            _gather(cat(labels, len(objective.names))))
 
 
 class StepClock:
@@ -125,7 +125,7 @@ def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int,
     # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
     directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
     weights = engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
-    if rank == 0:
+    if rank == 0:  # tokenizer is None for tabular models
         save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta, weights)
         torch.save(state, os.path.join(directory, STATE_FILE))
         if val_arrays:
@@ -145,14 +145,20 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     set_seed(tcfg.seed)
     space = LabelSpace.from_dict(config["label_space"])
-    model_path = resolve_model_path(job.model.name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    engine = strategy.prepare(build_model(job.model, space), tcfg, config["num_training_steps"],
+    tokenizer_path = config["tokenizer_path"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path) if tokenizer_path else None
+    pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
+    model = build_model(job.model, space, vocab_size=len(tokenizer) if tokenizer else None,
+                        pad_token_id=pad_token_id, max_length=job.data.max_length,
+                        num_features=len(job.data.feature_columns or []))
+    engine = strategy.prepare(model, tcfg, config["num_training_steps"],
                               job.deepspeed_config() if tcfg.strategy == "deepspeed" else None)
-    loss_fn = build_loss(config["pos_weight"]).to(engine.device)
+    objective = build_objective(space, job.model.head, config["pos_weight"]).to(engine.device)
     meta = ModelMeta(space, [0.5] * len(space), job.data.text_column, job.data.text_pair_column,
-                     job.data.max_length, job.model.name)
-    collate = Collate(tokenizer.pad_token_id)
+                     job.data.max_length, job.model.name,
+                     {"kind": job.model.kind, "head": job.model.head,
+                      "feature_columns": job.data.feature_columns})
+    collate = Collate(pad_token_id)
 
     state = {"global_step": 0, "epoch": 0, "batches_done": 0, "history": [], "train_time_s": 0.0,
              "train_samples": 0, "train_tokens": 0}
@@ -187,7 +193,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     def validate() -> dict:
         probs, labels = evaluate(engine, val_shard, collate, tcfg.batch_size_per_worker * 2, rank,
-                                 world)
+                                 world, objective)
+        if probs.shape != labels.shape:  # multi-category heads: argmax, no thresholds to tune
+            return {f"val_{k}": v for k, v in objective.summary(labels, probs,
+                                                              meta.thresholds).items()}
         # Identical on every rank (gathered arrays), so the exported thresholds agree.
         meta.thresholds = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
                                                   tcfg.threshold_beta, tcfg.threshold)
@@ -211,11 +220,11 @@ def train_loop_per_worker(config: dict) -> None:
             labels = batch.pop("labels")
             with engine.accumulate():
                 logits = engine.model(**batch).logits  # [B, num_labels]
-                loss = loss_fn(logits.float(), labels)
+                loss = objective.loss(logits.float(), labels)
                 engine.backward(loss)
             state["batches_done"] += 1
             state["train_samples"] += len(labels) * world
-            state["train_tokens"] += int(batch["attention_mask"].sum()) * world
+            state["train_tokens"] += int(batch.get("attention_mask", labels).sum()) * world
             window_loss, window_n = window_loss + loss.item(), window_n + 1
             if not engine.step():
                 continue
@@ -273,6 +282,27 @@ def count_training_steps(job: JobConfig, num_rows: int) -> int:
     return min(total, job.train.max_steps) if job.train.max_steps else total
 
 
+def _tokenizer_path(job: JobConfig, prepared: data.Prepared) -> str | None:
+    """The checkpoint's tokenizer (hf), the given or a newly trained WordPiece one (encoder), or
+    none (mlp). A trained tokenizer is saved under the run folder and reused by a rerun."""
+    if job.model.kind == "mlp":
+        return None
+    if job.model.kind == "hf":
+        return resolve_model_path(job.model.name)
+    if job.model.tokenizer:
+        return job.model.tokenizer
+    from mlc_dist.models.encoder import train_tokenizer
+
+    path = os.path.abspath(os.path.join(job.run_dir, "tokenizer"))
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        texts = (t for b in prepared.train.select_columns([data.TEXT]).iter_batches(
+            batch_size=4096, batch_format="numpy") for t in b[data.TEXT])
+        train_tokenizer(texts, job.model.vocab_size, path, job.data.max_length)
+        print(f"[mlc-dist] trained a WordPiece tokenizer ({job.model.vocab_size} tokens) on "
+              f"{job.data.train} -> {path}", flush=True)
+    return path
+
+
 def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
     """Prepare data, run the TorchTrainer, export the model, write metrics.json and the report.
 
@@ -285,8 +315,9 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
 
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
     prepared = data.prepare(job.data, job.train.seed, fold)
-    model_path = resolve_model_path(job.model.name)
-    datasets = {name: data.tokenize(ds, model_path, job.data.max_length, keep=[data.LABELS])
+    tokenizer_path = _tokenizer_path(job, prepared)
+    datasets = {name: data.encode(ds, job.data, tokenizer_path, job.data.max_length,
+                                  keep=[data.LABELS])
                 for name, ds in (("train", prepared.train), ("validation", prepared.validation))}
     num_steps = count_training_steps(job, prepared.train_stats.num_rows)
     print(f"[mlc-dist] {prepared.train_stats.num_rows} training rows, "
@@ -301,6 +332,7 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
             "job": job.model_dump(),
             "label_space": prepared.label_space.to_dict(),
             "num_training_steps": num_steps,
+            "tokenizer_path": tokenizer_path,
             "pos_weight": prepared.pos_weight(job.train.pos_weight_max) if job.train.pos_weight
             else None,
         },

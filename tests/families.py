@@ -1,0 +1,75 @@
+"""Tiny random-init models of each supported HF family, with tokenizers trained offline.
+
+Each tokenizer is trained with the `tokenizers` library on generated sentences (WordPiece, BPE or
+Unigram, as the family uses) and saved as a PreTrainedTokenizerFast with the family's special
+tokens and input names, so no download is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlc_dist.demo import generate
+
+# family -> (tokenizer model, special tokens (pad, unk, cls, sep, mask), template, input names)
+_TOKENIZERS = {
+    "bert": ("wordpiece", ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), "{cls} $A {sep}", True),
+    "distilbert": ("wordpiece", ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), "{cls} $A {sep}",
+                   False),
+    "roberta": ("bpe", ("<pad>", "<unk>", "<s>", "</s>", "<mask>"), "{cls} $A {sep}", False),
+    "xlnet": ("unigram", ("<pad>", "<unk>", "<cls>", "<sep>", "<mask>"), "$A {sep} {cls}", True),
+    "deberta-v2": ("unigram", ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), "{cls} $A {sep}",
+                   True),
+}
+FAMILIES = tuple(_TOKENIZERS)
+
+
+def build_tokenizer(family: str, directory: Path, vocab_size: int = 400):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    kind, special, template, with_types = _TOKENIZERS[family]
+    pad, unk, cls, sep, mask = special
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=unk))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(special))
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=unk))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(special),
+                                          unk_token=unk)
+    texts = generate(300, seed=7).column("comment_text").to_pylist()
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=template.format(cls=cls, sep=sep),
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    names = ["input_ids", "token_type_ids", "attention_mask"] if with_types else \
+        ["input_ids", "attention_mask"]
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, unk_token=unk,
+                                      cls_token=cls, sep_token=sep, mask_token=mask,
+                                      model_input_names=names)
+    wrapped.save_pretrained(directory)
+    return wrapped
+
+
+def build_family(family: str, directory: Path) -> str:
+    """A 1-layer, 32-wide random-init checkpoint of `family` + its tokenizer, saved to disk."""
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer = build_tokenizer(family, directory)
+    sizes = {"xlnet": dict(d_model=32, n_layer=1, n_head=2, d_inner=64),
+             "distilbert": dict(dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                                max_position_embeddings=256)}.get(
+        family, dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256))
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, **sizes)
+    AutoModel.from_config(config).save_pretrained(directory)
+    return str(directory)
