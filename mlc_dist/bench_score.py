@@ -126,12 +126,12 @@ def run_bare(model_dir: str, texts: list[str], batch_size: int):
 
 
 def run_bench(rows: int = 0, batch_size: int = 64, compare: bool = True,
-              data_file: str | None = None) -> dict:
+              data_file: str | None = None, model_dir: str | None = None) -> dict:
     from mlc_dist.runtime import init_ray
 
     texts = read_texts(data_file or os.path.abspath(DEV_TSV), rows)
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
-        model_dir = export_bench_model(os.path.join(tmp, "model"))
+        model_dir = model_dir or export_bench_model(os.path.join(tmp, "model"))
         input_path = os.path.join(tmp, "input", "rows.parquet")
         os.makedirs(os.path.dirname(input_path))
         pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}),
@@ -140,7 +140,7 @@ def run_bench(rows: int = 0, batch_size: int = 64, compare: bool = True,
         with PeakRss() as rss:
             ours_s, ours, summary = run_ours(model_dir, input_path, os.path.join(tmp, "out"),
                                              batch_size)
-        result = {"rows": len(texts), "ours_rows_per_s": round(len(texts) / ours_s, 1),
+        result = {"rows": len(texts), "model": model_dir, "ours_rows_per_s": round(len(texts) / ours_s, 1),
                   "peak_rss_mb": round(rss.peak / 2**20), "rows_quarantined":
                   summary["rows_quarantined"]}
         if compare:

@@ -123,11 +123,13 @@ def bench_score(rows: Annotated[int, typer.Option(help="Rows (the dev set, repea
                 batch_size: Annotated[int, typer.Option(help="Rows per forward pass")] = 64,
                 compare: Annotated[bool, typer.Option(
                     help="Also run the transformers pipeline and the bare loop")] = True,
-                data_file: Annotated[Optional[str], typer.Option(help="GoEmotions-style TSV")] = None):
+                data_file: Annotated[Optional[str], typer.Option(help="GoEmotions-style TSV")] = None,
+                model_dir: Annotated[Optional[str], typer.Option(
+                    help="An exported model (default: MiniLM with a fresh head)")] = None):
     """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model."""
     from mlc_dist.bench_score import run_bench
 
-    typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file))))
+    typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir))))
 
 
 def main() -> None:
