@@ -33,15 +33,24 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+#: Exit codes: 0 done, 1 unexpected failure, 2 user/config/data error, 3 audit failed.
+EXIT_USER_ERROR, EXIT_AUDIT_FAILED = 2, 3
+
+
 def _run(fn):
+    from mlc_dist.nightly import AuditError
+
     try:
         return fn()
+    except AuditError as exc:
+        typer.echo(f"audit failed: {exc}", err=True)
+        raise typer.Exit(EXIT_AUDIT_FAILED) from None
     except Exception as exc:  # noqa: BLE001 - turn user mistakes into one clear line
         err = _user_error(exc)
         if err is None:
             raise
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 @app.command()
@@ -70,12 +79,22 @@ def train(job: JobArg, set_: SetOpt = None):
 @app.command()
 def score(job: JobArg, set_: SetOpt = None,
           input: Annotated[Optional[list[str]], typer.Option(help="Override score.input")] = None,
-          output: Annotated[Optional[str], typer.Option(help="Override score.output")] = None):
-    """Score Parquet/CSV/JSONL with an exported model; write per-label scores to Parquet."""
+          output: Annotated[Optional[str], typer.Option(help="Override score.output")] = None,
+          date: Annotated[Optional[str], typer.Option(
+              help="Partition YYYY-MM-DD, substituted for {date} in score.input/output")] = None,
+          overwrite: Annotated[bool, typer.Option(
+              help="Delete the output and start over (default: resume, skipping committed parts)"
+          )] = False):
+    """Score Parquet/CSV/JSONL with an exported model; one committed Parquet part per input file.
+
+    Exit codes: 0 done (or already complete), 1 unexpected failure, 2 user/config/data error,
+    3 audit failed (rows unaccounted for, scores out of range, committed part changed).
+    """
     from mlc_dist.config import load_job
     from mlc_dist.score import run
 
-    _run(lambda: typer.echo(json.dumps(run(load_job(job, set_), input, output), indent=2)))
+    _run(lambda: typer.echo(json.dumps(run(load_job(job, set_), input, output, date=date,
+                                           overwrite=overwrite), indent=2)))
 
 
 @app.command()
@@ -218,6 +237,20 @@ def bench_train(job: Annotated[str, typer.Option(help="Job YAML (CSV/TSV train +
     from mlc_dist.config import load_job
 
     _run(lambda: typer.echo(json.dumps(run_bench(load_job(job, set_), samples, val_rows))))
+
+
+@bench_app.command("score")
+def bench_score(rows: Annotated[int, typer.Option(help="Rows (the dev set, repeated)")] = 0,
+                batch_size: Annotated[int, typer.Option(help="Rows per forward pass")] = 64,
+                compare: Annotated[bool, typer.Option(
+                    help="Also run the transformers pipeline and the bare loop")] = True,
+                data_file: Annotated[Optional[str], typer.Option(help="GoEmotions-style TSV")] = None,
+                model_dir: Annotated[Optional[str], typer.Option(
+                    help="An exported model (default: MiniLM with a fresh head)")] = None):
+    """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model."""
+    from mlc_dist.bench_score import run_bench
+
+    typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir))))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Batch inference with Ray Data: read -> tokenize (tasks) -> Scorer (actor pool) -> Parquet.
+"""Batch inference with Ray Data: read -> check text (tasks) -> tokenize (tasks) -> Scorer (actor
+pool). The per-input-file commit, manifest and audit live in nightly.py.
 
 Owns scoring only; the model folder format is artifacts.py's, file layouts are data.py's.
 """
@@ -6,18 +7,17 @@ Owns scoring only; the model folder format is artifacts.py's, file layouts are d
 from __future__ import annotations
 
 import logging
-import time
-import uuid
+import os
 
 import numpy as np
-import pyarrow.fs as pafs
 import ray.data
 import torch
 
 from mlc_dist import data
-from mlc_dist.artifacts import read_meta
+from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import JobConfig
 from mlc_dist.losses import build_objective
+from mlc_dist.textcheck import REASON, SCORED, CheckText
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,29 @@ def pred_columns(names) -> list[str]:
     return [f"pred_{n}" for n in names]
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 (fp16 without bf16 support) on GPU; fp32 on CPU unless it has AMX bf16."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "bf16" if " amx_bf16" in f.read() else "fp32"
+    except OSError:
+        return "fp32"
+
+
 class Scorer:
-    """Loads the exported model once per actor; maps token batches to per-label scores."""
+    """Loads the exported model once per actor; maps token batches to per-label scores.
+
+    Each incoming batch is a window: its rows are ordered by length and run in sub-batches of
+    `batch_size`, each padded to its own longest row, then put back in the window's order. Rows
+    whose `_reason` says not to score get NaN scores (the job quarantines them).
+    """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, batch_size: int = 64):
         from mlc_dist.artifacts import load_export
 
         if num_threads:
@@ -43,75 +61,79 @@ class Scorer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.passthrough = passthrough
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            resolve_precision(precision, self.device))
+        self.passthrough, self.batch_size = passthrough, batch_size
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
         self.objective = build_objective(self.meta.label_space, self.meta.extra.get("head", "linear"))
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = {k: torch.from_numpy(v).to(self.device)
-                  for k, v in data.pad_batch(batch, self.pad_token_id).items()}
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
-            logits = self.model(**inputs).logits
-        probs = self.objective.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
+        inputs = [k for k in ("input_ids", "token_type_ids", data.FEATURES) if k in batch]
+        num_rows = len(batch[inputs[0]])
+        probs = np.full((num_rows, self.objective.num_outputs), np.nan, dtype=np.float32)
+        todo = np.arange(num_rows) if REASON not in batch else np.flatnonzero(
+            np.isin(batch[REASON], SCORED))
+        if "input_ids" in batch:  # order by length so each sub-batch pads to its own longest row
+            ids = batch["input_ids"]
+            lengths = np.fromiter((len(ids[i]) for i in todo), dtype=np.int64, count=len(todo))
+            todo = todo[np.argsort(lengths, kind="stable")]
+        for start in range(0, len(todo), self.batch_size):
+            rows = todo[start:start + self.batch_size]
+            probs[rows] = self._forward({k: batch[k][rows] for k in inputs})
         out = {c: batch[c] for c in self.passthrough}
+        if REASON in batch:
+            out[REASON] = batch[REASON]
         out.update(self.objective.columns(probs, self.thresholds))
         return out
 
+    def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: torch.from_numpy(v).to(self.device)
+                  for k, v in data.pad_batch(tokens, self.pad_token_id).items()}
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            logits = self.model(**inputs).logits
+        return self.objective.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
 
-def _passthrough(job: JobConfig, ds: ray.data.Dataset) -> list[str]:
+
+def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
     if job.data.id_columns:
         return list(job.data.id_columns)
     # No ids declared: keep every input column that is not text or a label.
     cfg = job.data
-    drop = {cfg.text_column, cfg.text_pair_column, cfg.label_list_column, data.PATH,
+    drop = {meta.text_column, meta.text_pair_column, cfg.label_list_column, data.PATH,
             *(cfg.label_columns or []), *(cfg.feature_columns or [])}
-    return [c for c in ds.schema().names if c not in drop]
+    return [c for c in names if c not in drop]
+
+
+def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: ModelMeta,
+                   raw: ray.data.Dataset, passthrough: list[str]) -> ray.data.Dataset:
+    """Lazy dataset of passthrough columns + `_reason` + score_/pred_ columns for `paths`."""
+    sc = job.score
+    if not job.data.feature_columns:  # text input: the declared bad-text policy applies
+        check = CheckText(meta.text_column, passthrough, sc.on_bad_text, sc.on_long_text,
+                          sc.max_chars, meta.text_pair_column)
+        raw = raw.map_batches(check, batch_format="pyarrow")
+        passthrough = [*passthrough, REASON]
+    return score_dataset(job, raw, model_dir, meta.max_length, passthrough, sc.batch_size)
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
                   passthrough: list[str], batch_size: int) -> ray.data.Dataset:
-    """Normalized rows -> model inputs -> Scorer actor pool (lazy); shared by score and evaluate."""
+    """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
+    sc = job.score
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
+    threads = sc.threads_per_actor or max(1, (os.cpu_count() or 1) // sc.num_actors)
+    passthrough = [c for c in passthrough if c != REASON]  # the Scorer keeps _reason itself
     return ds.map_batches(
-        Scorer,
-        fn_constructor_args=(model_dir, passthrough, job.train.precision if job.scaling.use_gpu
-                             else "fp32", int(job.scaling.cpus_per_worker)),
-        batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=job.score.num_actors),
+        Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size),
+        batch_size=sc.window_rows, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
 
 
-def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
-    """Score `score.input` with `score.model`; write Parquet to `score.output` (replaced whole)."""
-    from mlc_dist.runtime import init_ray
+def run(job: JobConfig, input_paths=None, output: str | None = None, **kwargs) -> dict:
+    """Score `score.input` into `score.output`, one committed part per input file (nightly.py)."""
+    from mlc_dist import nightly
 
-    input_paths = input_paths or job.score.input
-    output = output or job.score.output
-    if not input_paths or not output:
-        raise ValueError("score.input and score.output must be set")
-    model_dir = job.score_model
-    meta = read_meta(model_dir)
-    init_ray(min_cpus=job.score.num_actors)
-    cfg = job.data.model_copy(update={"text_column": meta.text_column,
-                                      "text_pair_column": meta.text_pair_column,
-                                      "feature_columns": meta.extra.get("feature_columns")})
-    raw = data.read_table(input_paths, cfg, [cfg.text_column, *cfg.id_columns])
-    passthrough = _passthrough(job, raw)
-    ds = score_dataset(job, data.read_unlabelled(input_paths, cfg, passthrough), model_dir,
-                       meta.max_length, passthrough, job.score.batch_size)
-    fs, final = data.object_store_fs(output)
-    tmp = f"{final.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp_uri = tmp if "://" not in output else f"{output.split('://')[0]}://{tmp}"
-    started = time.perf_counter()
-    # Write beside the final name, then swap in: a crash never leaves a half-written output there.
-    ds.write_parquet(tmp_uri)
-    elapsed = time.perf_counter() - started
-    if fs.get_file_info(final).type != pafs.FileType.NotFound:
-        fs.delete_dir(final)
-    fs.move(tmp, final)
-    rows = ray.data.read_parquet(output).count()
-    return {"rows": rows, "seconds": elapsed, "rows_per_s": rows / max(elapsed, 1e-9),
-            "output": output, "model": model_dir}
+    return nightly.run(job, input_paths, output, **kwargs)

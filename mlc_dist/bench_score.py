@@ -1,0 +1,156 @@
+"""`mlc-dist bench score`: our scoring job vs `transformers.pipeline` vs a bare torch loop.
+
+All three run in this process on the same rows and the same exported model (the packaged MiniLM
+with a fresh classifier head: throughput does not need a trained head). Prints figures; asserts
+nothing about time.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mlc_dist.config import DEFAULT_MODEL, validate_job
+
+DEV_TSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "goemotions",
+                       "dev.tsv")
+MAX_LENGTH = 128
+
+
+def read_texts(path: str, rows: int) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        texts = [r[0] for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    if rows <= 0:
+        return texts
+    return [texts[i % len(texts)] for i in range(rows)]
+
+
+def export_bench_model(directory: str, num_labels: int = 28) -> str:
+    from transformers import AutoTokenizer
+
+    from mlc_dist.artifacts import ModelMeta, save_export
+    from mlc_dist.config import ModelConfig
+    from mlc_dist.labels import LabelSpace
+    from mlc_dist.models import build_model, resolve_model_path
+
+    space = LabelSpace.from_names([f"label_{i}" for i in range(num_labels)])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=DEFAULT_MODEL), space)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
+    save_export(directory, model, tokenizer,
+                ModelMeta(space, [0.5] * num_labels, "text", None, MAX_LENGTH, DEFAULT_MODEL))
+    return directory
+
+
+class PeakRss:
+    """Peak summed RSS of this process and all its descendants (the local Ray cluster)."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_ours(model_dir: str, input_path: str, output: str, batch_size: int):
+    from mlc_dist import nightly
+
+    job = validate_job({"run": {"name": "bench-score"}, "data": {"id_columns": ["id"]},
+                        "score": {"input": input_path, "output": output, "model": model_dir,
+                                  "batch_size": batch_size}})
+    started = time.perf_counter()
+    summary = nightly.run(job, overwrite=True)
+    seconds = time.perf_counter() - started
+    table = nightly.read_scores(output)
+    order = np.argsort(np.asarray(table.column("id").to_pylist(), dtype=np.int64))
+    cols = [c for c in table.column_names if c.startswith("score_")]
+    return seconds, np.stack([table.column(c).to_numpy() for c in cols], axis=1)[order], summary
+
+
+def run_pipeline(model_dir: str, texts: list[str], batch_size: int):
+    """What a user would write: the text-classification pipeline, all labels, sigmoid."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=model_dir, top_k=None,
+                    function_to_apply="sigmoid", device="cpu")
+    names = list(pipe.model.config.id2label.values())
+    started = time.perf_counter()
+    results = pipe(texts, batch_size=batch_size, truncation=True, max_length=MAX_LENGTH)
+    seconds = time.perf_counter() - started
+    scores = np.array([[{d["label"]: d["score"] for d in r}[n] for n in names] for r in results])
+    return seconds, scores
+
+
+@torch.inference_mode()
+def run_bare(model_dir: str, texts: list[str], batch_size: int):
+    """The ceiling: one process, length-sorted batches, inference_mode, no Ray."""
+    from mlc_dist.artifacts import load_export
+
+    model, tokenizer, _ = load_export(model_dir)
+    started = time.perf_counter()
+    enc = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    order = np.argsort([len(e) for e in enc], kind="stable")
+    scores = np.zeros((len(texts), model.config.num_labels), np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tokenizer.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt")
+        scores[rows] = torch.sigmoid(model(**batch).logits).numpy()
+    return time.perf_counter() - started, scores
+
+
+def run_bench(rows: int = 0, batch_size: int = 64, compare: bool = True,
+              data_file: str | None = None, model_dir: str | None = None) -> dict:
+    from mlc_dist.runtime import init_ray
+
+    texts = read_texts(data_file or os.path.abspath(DEV_TSV), rows)
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+        model_dir = model_dir or export_bench_model(os.path.join(tmp, "model"))
+        input_path = os.path.join(tmp, "input", "rows.parquet")
+        os.makedirs(os.path.dirname(input_path))
+        pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}),
+                       input_path)
+        init_ray(min_cpus=1)
+        with PeakRss() as rss:
+            ours_s, ours, summary = run_ours(model_dir, input_path, os.path.join(tmp, "out"),
+                                             batch_size)
+        result = {"rows": len(texts), "model": model_dir, "ours_rows_per_s": round(len(texts) / ours_s, 1),
+                  "peak_rss_mb": round(rss.peak / 2**20), "rows_quarantined":
+                  summary["rows_quarantined"]}
+        if compare:
+            pipe_s, pipe = run_pipeline(model_dir, texts, batch_size)
+            bare_s, bare = run_bare(model_dir, texts, batch_size)
+            result.update({
+                "pipeline_rows_per_s": round(len(texts) / pipe_s, 1),
+                "bare_rows_per_s": round(len(texts) / bare_s, 1),
+                "ratio_vs_pipeline": round(pipe_s / ours_s, 3),
+                "fraction_of_bare": round(bare_s / ours_s, 3),
+                "max_abs_diff": float(max(np.abs(ours - pipe).max(), np.abs(ours - bare).max())),
+            })
+    return result

@@ -1,0 +1,94 @@
+"""The scoring input policy: which rows are scored, truncated, quarantined, or fail the job.
+
+A Ray Data UDF on Arrow batches; every row comes out with a `_reason` ("" = score as is), so no
+row is dropped silently and the job can audit rows in = rows out + rows quarantined.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlc_dist.data import PATH, TEXT, TEXT_PAIR, DataError
+
+REASON = "_reason"
+OK, TRUNCATED = "", "truncated"
+NULL_TEXT, NON_STRING, INVALID_UTF8, TOO_LONG = "null_text", "non_string_text", "invalid_utf8", \
+    "too_long"
+BAD = (NULL_TEXT, NON_STRING, INVALID_UTF8)
+SCORED = (OK, TRUNCATED)
+
+
+class CheckText:
+    """Raw batch -> passthrough columns, `text` (str; "" on bad rows) and `_reason`."""
+
+    def __init__(self, text_column: str, passthrough: list[str], on_bad_text: str,
+                 on_long_text: str, max_chars: int, pair_column: str | None = None):
+        self.text_column, self.passthrough, self.pair_column = text_column, passthrough, pair_column
+        self.on_bad_text, self.on_long_text, self.max_chars = on_bad_text, on_long_text, max_chars
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in [self.text_column, *filter(None, [self.pair_column]),
+                               *self.passthrough] if c not in batch.column_names]
+        if missing:
+            raise DataError(f"{_where(batch)}: missing column(s) {missing}; columns are "
+                            f"{[c for c in batch.column_names if c != PATH]}")
+        text, reason = _as_text(batch.column(self.text_column).combine_chunks())
+        long = pc.fill_null(pc.greater(pc.utf8_length(text), self.max_chars), False)
+        long = long.to_numpy(zero_copy_only=False) & (reason == OK)
+        if long.any():
+            if self.on_long_text == "truncate":
+                text = pc.if_else(pa.array(long), pc.utf8_slice_codeunits(text, 0, self.max_chars),
+                                  text)
+                reason[long] = TRUNCATED
+            else:
+                reason[long] = TOO_LONG
+        bad = np.isin(reason, BAD)
+        if bad.any() and self.on_bad_text == "fail":
+            i = int(np.argmax(bad))
+            ids = ", ".join(f"{c}={batch.column(c)[i].as_py()!r}" for c in self.passthrough)
+            raise DataError(f"{_where(batch)}: row {ids or i}: column {self.text_column!r} is "
+                            f"{reason[i].replace('_', ' ')} (score.on_bad_text: fail)")
+        out = {c: batch.column(c) for c in self.passthrough}
+        out[TEXT] = pc.fill_null(text, "")
+        if self.pair_column:  # the second text of pair models is optional context: null -> ""
+            out[TEXT_PAIR] = pc.fill_null(batch.column(self.pair_column).cast(pa.string()), "")
+        out[REASON] = pa.array(reason, pa.string())
+        return pa.table(out)
+
+
+def _as_text(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(string array with nulls where not a usable text, reason per row)."""
+    n = len(col)
+    reason = np.full(n, OK, dtype=object)
+    if pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    if pa.types.is_string(col.type):
+        try:
+            col.validate(full=True)
+        except pa.ArrowInvalid:  # invalid UTF-8 bytes in a string column: check row by row
+            col = col.cast(pa.binary())
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        values = []
+        for i, v in enumerate(col.to_pylist()):
+            try:
+                values.append(None if v is None else v.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(None)
+                reason[i] = INVALID_UTF8
+        col = pa.array(values, pa.string())
+    elif pa.types.is_null(col.type):
+        col = pa.nulls(n, pa.string())
+    elif not pa.types.is_string(col.type):
+        reason[:] = NON_STRING
+        col = pa.nulls(n, pa.string())
+    nulls = col.is_null().to_numpy(zero_copy_only=False)
+    reason[nulls & (reason == OK)] = NULL_TEXT
+    return col, reason
+
+
+def _where(batch: pa.Table) -> str:
+    if PATH in batch.column_names and len(batch):
+        return str(batch.column(PATH)[0].as_py())
+    return "<input>"

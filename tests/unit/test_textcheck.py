@@ -1,0 +1,72 @@
+"""The scoring input policy and window-sorted scoring, on plain batches: no Ray."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from mlc_dist import data
+from mlc_dist.artifacts import ModelMeta, load_export, save_export
+from mlc_dist.config import ModelConfig
+from mlc_dist.labels import LabelSpace
+from mlc_dist.models import build_model
+from mlc_dist.score import Scorer
+from mlc_dist.textcheck import CheckText
+
+LABELS = LabelSpace.from_names(["a", "b", "c", "d"])
+
+
+def check(batch, **kw):
+    args = {"on_bad_text": "quarantine", "on_long_text": "truncate", "max_chars": 10} | kw
+    return CheckText("text", ["id"], **args)(batch)
+
+
+def test_each_bad_row_class_gets_its_reason():
+    batch = pa.table({"id": ["a", "b", "c", "d", "e"],
+                      "text": pa.array([b"fine", b"\xff\xfe bad", None, b"x" * 25, b""],
+                                       pa.binary())})
+    out = check(batch)
+    assert out.column("_reason").to_pylist() == ["", "invalid_utf8", "null_text", "truncated", ""]
+    assert out.column("text").to_pylist() == ["fine", "", "", "x" * 10, ""]
+    out = check(batch, on_long_text="quarantine")
+    assert out.column("_reason").to_pylist()[3] == "too_long"
+    ints = pa.table({"id": ["a", "b"], "text": pa.array([1, None], pa.int64())})
+    assert check(ints).column("_reason").to_pylist() == ["non_string_text", "non_string_text"]
+
+
+def test_fail_policy_names_the_row():
+    batch = pa.table({"id": ["ok", "r7"], "text": pa.array(["fine", None], pa.string())})
+    with pytest.raises(data.DataError, match=r"id='r7'.*null text.*on_bad_text"):
+        check(batch, on_bad_text="fail")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    directory = str(tmp_path_factory.mktemp("export"))
+    torch.manual_seed(0)
+    save_export(directory, build_model(ModelConfig(name=tiny_bert), LABELS),
+                AutoTokenizer.from_pretrained(tiny_bert),
+                ModelMeta(LABELS, [0.5] * 4, "text", None, 64, tiny_bert))
+    return directory
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_scores_do_not_depend_on_batch_composition(exported, batch_size):
+    from mlc_dist.demo import generate
+
+    texts = generate(150, seed=3).column("comment_text").to_pylist()
+    reasons = np.array(["" if i % 11 else "null_text" for i in range(len(texts))], dtype=object)
+    batch = data.Tokenize(exported, 64, keep=["id", "_reason"])(
+        {"text": np.array(texts, dtype=object), "id": np.arange(len(texts)), "_reason": reasons})
+    out = Scorer(exported, ["id"], batch_size=batch_size)(batch)
+    got = np.stack([out[f"score_{n}"] for n in LABELS.names], axis=1)
+    model, tokenizer, _ = load_export(exported)
+    with torch.inference_mode():  # the reference: one row at a time, no padding at all
+        ref = np.concatenate([torch.sigmoid(model(**tokenizer([t], truncation=True, max_length=64,
+                              return_tensors="pt")).logits).numpy() for t in texts])
+    assert out["id"].tolist() == list(range(len(texts)))  # window order restored
+    skipped = reasons != ""
+    assert np.isnan(got[skipped]).all() and (out["pred_a"][skipped] == 0).all()
+    np.testing.assert_allclose(got[~skipped], ref[~skipped], atol=1e-5, rtol=0)
