@@ -1,9 +1,15 @@
+from pathlib import Path
+
 import pytest
 import torch
 
+HERE = Path(__file__).parent
+
 
 def pytest_collection_modifyitems(items):
+    # Hooks in a conftest see the whole session's items: mark only this folder's.
     for item in items:
-        item.add_marker(pytest.mark.gpu)
-        if not torch.cuda.is_available():
-            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.gpu)
+            if not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
