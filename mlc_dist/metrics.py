@@ -141,7 +141,7 @@ def report(labels: np.ndarray, probs: np.ndarray, thresholds: float | list[float
 def category_summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Multi-category labels: (true indices, predicted indices) per label -> mean accuracy and
     mean macro-F1 over those labels."""
-    from sklearn.metrics import accuracy_score
+    from sklearn.metrics import accuracy_score, f1_score
 
     return {
         "category_accuracy": float(np.mean([accuracy_score(t, p) for t, p in pairs])),

@@ -34,6 +34,23 @@ def build_tiny_bert(directory: Path, **overrides) -> str:
     return str(directory)
 
 
+def export_tiny_model(directory, tiny_bert: str, labels, text_column: str = "text",
+                      max_length: int = 64) -> str:
+    """An exported classifier (random head over the tiny BERT), as training would write it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mlc_dist.artifacts import ModelMeta, save_export
+    from mlc_dist.config import ModelConfig
+    from mlc_dist.models import build_model
+
+    torch.manual_seed(0)
+    save_export(str(directory), build_model(ModelConfig(name=tiny_bert), labels),
+                AutoTokenizer.from_pretrained(tiny_bert),
+                ModelMeta(labels, [0.5] * len(labels), text_column, None, max_length, tiny_bert))
+    return str(directory)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

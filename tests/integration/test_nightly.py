@@ -15,12 +15,12 @@ import torch
 import yaml
 
 from mlc_dist import nightly
-from mlc_dist.artifacts import ModelMeta, load_export, save_export
-from mlc_dist.config import ModelConfig, validate_job
+from mlc_dist.artifacts import load_export
+from mlc_dist.config import validate_job
 from mlc_dist.data import DataError
 from mlc_dist.demo import generate
 from mlc_dist.labels import LabelSpace
-from mlc_dist.models import build_model
+from ..conftest import export_tiny_model
 
 LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,14 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_bert, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    directory = str(tmp_path_factory.mktemp("export"))
-    torch.manual_seed(0)
-    save_export(directory, build_model(ModelConfig(name=tiny_bert), LABELS),
-                AutoTokenizer.from_pretrained(tiny_bert),
-                ModelMeta(LABELS, [0.5] * 3, "comment_text", None, 64, tiny_bert))
-    return directory
+    return export_tiny_model(tmp_path_factory.mktemp("export"), tiny_bert, LABELS,
+                             "comment_text")
 
 
 def write_inputs(folder, sizes):

@@ -5,25 +5,18 @@ import pytest
 import torch
 
 from mlc_dist import data
-from mlc_dist.artifacts import ModelMeta, load_export, read_meta, save_export, write_meta
-from mlc_dist.config import ModelConfig
+from mlc_dist.artifacts import load_export, read_meta, write_meta
 from mlc_dist.labels import LabelSpace
-from mlc_dist.models import build_model
 from mlc_dist.score import Scorer
+from ..conftest import export_tiny_model
 
 LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_bert, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    directory = str(tmp_path_factory.mktemp("export"))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=tiny_bert), LABELS)
-    save_export(directory, model, AutoTokenizer.from_pretrained(tiny_bert),
-                ModelMeta(LABELS, [0.5, 0.5, 0.5], "comment_text", None, 32, tiny_bert))
-    return directory
+    return export_tiny_model(tmp_path_factory.mktemp("export"), tiny_bert, LABELS,
+                             "comment_text", 32)
 
 
 def batch_for(model_dir, texts):

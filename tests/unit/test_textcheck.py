@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from mlc_dist import data
-from mlc_dist.artifacts import ModelMeta, load_export, save_export
-from mlc_dist.config import ModelConfig
+from mlc_dist.artifacts import load_export
 from mlc_dist.labels import LabelSpace
-from mlc_dist.models import build_model
 from mlc_dist.score import Scorer
 from mlc_dist.textcheck import CheckText
+from ..conftest import export_tiny_model
 
 LABELS = LabelSpace.from_names(["a", "b", "c", "d"])
 
@@ -42,14 +41,7 @@ def test_fail_policy_names_the_row():
 
 @pytest.fixture(scope="module")
 def exported(tiny_bert, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    directory = str(tmp_path_factory.mktemp("export"))
-    torch.manual_seed(0)
-    save_export(directory, build_model(ModelConfig(name=tiny_bert), LABELS),
-                AutoTokenizer.from_pretrained(tiny_bert),
-                ModelMeta(LABELS, [0.5] * 4, "text", None, 64, tiny_bert))
-    return directory
+    return export_tiny_model(tmp_path_factory.mktemp("export"), tiny_bert, LABELS)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
