@@ -10,6 +10,7 @@ import logging
 import os
 
 import numpy as np
+import pyarrow as pa
 import ray.data
 import torch
 
@@ -17,7 +18,7 @@ from mlc_dist import data
 from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import JobConfig
 from mlc_dist.losses import build_objective
-from mlc_dist.textcheck import REASON, SCORED, CheckText
+from mlc_dist.textcheck import OK, REASON, SCORED, CheckText
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +107,23 @@ def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> li
     return [c for c in names if c not in drop]
 
 
+def _all_scored(batch: pa.Table) -> pa.Table:
+    return batch.append_column(REASON, pa.array([OK] * len(batch), pa.string()))
+
+
 def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: ModelMeta,
                    raw: ray.data.Dataset, passthrough: list[str]) -> ray.data.Dataset:
     """Lazy dataset of passthrough columns + `_reason` + score_/pred_ columns for `paths`."""
     sc = job.score
-    if not job.data.feature_columns:  # text input: the declared bad-text policy applies
+    if job.data.feature_columns:  # tabular input: numeric features, checked by Normalize
+        raw = raw.map_batches(data.Normalize(job.data, None, None, passthrough),
+                              batch_format="pyarrow")
+        raw = raw.map_batches(_all_scored, batch_format="pyarrow")
+    else:  # text input: the declared bad-text policy applies
         check = CheckText(meta.text_column, passthrough, sc.on_bad_text, sc.on_long_text,
                           sc.max_chars, meta.text_pair_column)
         raw = raw.map_batches(check, batch_format="pyarrow")
-        passthrough = [*passthrough, REASON]
+    passthrough = [*passthrough, REASON]
     return score_dataset(job, raw, model_dir, meta.max_length, passthrough, sc.batch_size)
 
 

@@ -363,12 +363,13 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
         export_dir = os.path.join(run_dir, "model")
         shutil.rmtree(export_dir, ignore_errors=True)
         shutil.copytree(os.path.join(directory, "model"), export_dir)
-        with np.load(os.path.join(directory, VAL_FILE)) as arrays:
-            val_probs, val_labels = arrays["probs"], arrays["labels"]
+        # Binary heads leave the last validation's predictions for the report; category heads not.
+        val_file = os.path.join(directory, VAL_FILE)
+        val = dict(np.load(val_file)) if os.path.exists(val_file) else None
     final = result.metrics
     thresholds = read_meta(export_dir).thresholds
-    evaluation = metrics.report(val_labels, val_probs, thresholds, prepared.label_space.names,
-                                job.train.threshold_beta)
+    evaluation = metrics.report(val["labels"], val["probs"], thresholds,
+                                prepared.label_space.names, job.train.threshold_beta) if val else None
     summary = {
         **{k: v for k, v in final.items() if k.startswith("val_")},
         "steps": state["global_step"],
@@ -397,10 +398,12 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
     }
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if val is None:
+        return summary
     from mlc_dist.report import write_report
 
     summary["report"] = write_report(
-        os.path.join(run_dir, "report"), f"{job.run.name}: validation", evaluation, val_labels,
-        val_probs, {"train": prepared.train_stats.positives,
+        os.path.join(run_dir, "report"), f"{job.run.name}: validation", evaluation, val["labels"],
+        val["probs"], {"train": prepared.train_stats.positives,
                     "validation": prepared.validation_stats.positives}, state["history"])
     return summary

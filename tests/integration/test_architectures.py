@@ -26,13 +26,11 @@ CASES = {
     # family checkpoints with the family's own classifier (head: linear, pooling: cls)
     "distilbert-linear": ("distilbert", {}, "text"),
     "roberta-linear": ("roberta", {}, "text"),
-    "xlnet-linear": ("xlnet", {}, "text"),
     "deberta-v2-linear": ("deberta-v2", {}, "text"),
     # our heads on an HF encoder
     "bert-multi_binary-mean": ("bert", {"head": "multi_binary", "pooling": "mean"}, "text"),
     "bert-multi_category": ("bert", {"head": "multi_category"}, "severity"),
     # from scratch
-    "encoder-multi_binary": (None, {"kind": "encoder", "head": "multi_binary", **SMALL}, "text"),
     "encoder-multi_category": (None, {"kind": "encoder", "head": "multi_category", **SMALL},
                                "severity"),
     # tabular
