@@ -39,7 +39,7 @@ def _free_ports(n: int) -> list[int]:
 def head():
     """`ray start --head` on free ports with its own temp dir, so other local clusters are untouched."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/mlc7_")  # short: Ray's unix sockets live under it
-    gcs, dash, metrics = _free_ports(3)
+    gcs, dash, metrics, agent_http, agent_grpc, env_agent = _free_ports(6)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            # Head and clients must agree on auth; an ~/.ray/auth_token left by another cluster
@@ -49,6 +49,10 @@ def head():
     cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
            f"--temp-dir={temp_dir}", f"--metrics-export-port={metrics}",
+           # The agents' default ports are taken by any other Ray on this machine (the suite's
+           # own local cluster included); a job agent that cannot bind never registers.
+           f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
            "--disable-usage-stats"]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
