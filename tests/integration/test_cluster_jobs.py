@@ -44,7 +44,9 @@ def head():
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            # Head and clients must agree on auth; an ~/.ray/auth_token left by another cluster
            # on this machine must not switch ours to token mode. Dashboard is on 127.0.0.1.
-           "RAY_AUTH_MODE": "disabled"}
+           "RAY_AUTH_MODE": "disabled",
+           # The job's entrypoint runs `python` from the head's PATH: this venv's, as in an image.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
