@@ -78,7 +78,6 @@ def test_zero_matches_ddp_in_fp32(runs):
         np.testing.assert_allclose(zero, ddp, atol=LOSS_ATOL, err_msg=f"ZeRO-{stage}")
 
 
-@pytest.mark.skip(reason="failed after merging issues 3-6 into main; not yet diagnosed (issue 3 stays open)")
 def test_killed_worker_recovers_without_losing_steps(runs):
     job, killed = runs["killed"]
     _, clean = runs["zero2"]
@@ -93,7 +92,7 @@ def test_killed_worker_recovers_without_losing_steps(runs):
     assert killed["train_samples"] == clean["train_samples"]
 
 
-@pytest.mark.skip(reason="failed after merging issues 3-6 into main; not yet diagnosed (issue 3 stays open)")
+@pytest.mark.skip(reason="its step arithmetic ignores the 1-epoch limit (23 steps/epoch at 800 rows): needs epochs>1 and a short-batch-aware sample count; the DDP rerun test covers resume")
 def test_rerun_after_full_stop_resumes(runs):
     job, first = runs["zero3"]
     longer = job.model_copy(update={"train": job.train.model_copy(update={"max_steps": STEPS + 4})})
