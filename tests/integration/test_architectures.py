@@ -27,6 +27,7 @@ CASES = {
     "distilbert-linear": ("distilbert", {}, "text"),
     "roberta-linear": ("roberta", {}, "text"),
     "deberta-v2-linear": ("deberta-v2", {}, "text"),
+    "xlnet-linear": ("xlnet", {}, "text"),  # DDP finds its unused parameters (mask_emb)
     # our heads on an HF encoder
     "bert-multi_binary-mean": ("bert", {"head": "multi_binary", "pooling": "mean"}, "text"),
     "bert-multi_category": ("bert", {"head": "multi_category"}, "severity"),
