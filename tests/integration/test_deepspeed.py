@@ -83,9 +83,11 @@ def test_killed_worker_recovers_without_losing_steps(runs):
     _, clean = runs["zero2"]
     assert os.path.exists(os.path.join(job.run_dir, f"fault_injected_step{FAULT}"))
     assert killed["steps"] == clean["steps"] == STEPS
-    # Resumed from the last checkpoint before the fault: at most EVERY steps were recomputed.
-    assert killed["resumed_from"] == [FAULT // EVERY * EVERY]
-    assert FAULT - killed["resumed_from"][0] <= EVERY
+    # Resumed once, from a checkpoint written before the fault. Usually the last one (step 8),
+    # but Ray Train V2's controller collects reports on a poll, so a checkpoint reported just
+    # before a hard kill can be lost and the run resumes from the one before (step 4).
+    (resumed,) = killed["resumed_from"]
+    assert resumed in range(EVERY, FAULT + 1, EVERY), killed["resumed_from"]
     # Same data position, RNG and optimizer state: the same trajectory as the clean run.
     np.testing.assert_allclose(_losses(killed), _losses(clean), atol=LOSS_ATOL)
     assert killed["val_mean_auc"] == pytest.approx(clean["val_mean_auc"], abs=0.01)
