@@ -311,8 +311,10 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from mlc_dist.runs import claim_run_dir
     from mlc_dist.runtime import init_ray
 
+    claim_run_dir(job)  # a rerun with other settings moves the old run aside instead of resuming
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
     prepared = data.prepare(job.data, job.train.seed, fold)
     tokenizer_path = _tokenizer_path(job, prepared)

@@ -1,0 +1,71 @@
+"""The run directory across reruns: resume only a run that was started with the same settings.
+
+A rerun of the same `run.name` resumes from its last checkpoint (crash recovery, a nightly rerun,
+more steps). That is only sound when the checkpoint can continue this job: the same model, data,
+labels, optimizer recipe, parallel strategy and worker count. `claim_run_dir` records the job in
+`runs/<name>/job.json`; when a rerun changes any of those, the old run is moved aside (never
+deleted, never mixed with the new one) and the new run starts fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from mlc_dist.config import JobConfig
+
+JOB_FILE = "job.json"
+# Keys a rerun may change and still resume: how long to train and how often to log, evaluate and
+# checkpoint, how many failures to tolerate, and where and how to score afterwards.
+RESUMABLE_CHANGES = {
+    "run.name", "run.output_dir",
+    "train.epochs", "train.max_steps", "train.eval_every_steps", "train.checkpoint_every_steps",
+    "train.num_checkpoints_to_keep", "train.checkpoint_metric", "train.checkpoint_mode",
+    "train.log_every_steps", "train.max_failures", "train.throughput_warmup_steps",
+}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "deepspeed" and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def incompatible_changes(before: dict, after: dict) -> dict[str, tuple]:
+    """{dotted key: (recorded value, new value)} for changes that forbid resuming."""
+    old, new = _flatten(before), _flatten(after)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if k not in RESUMABLE_CHANGES and not k.startswith("score.")
+            and old.get(k) != new.get(k)}
+
+
+def claim_run_dir(job: JobConfig) -> str | None:
+    """Record this job in its run directory. Returns where an incompatible earlier run was moved
+    to (and prints why), or None when the directory is new or can be resumed."""
+    run_dir = os.path.abspath(job.run_dir)
+    path = os.path.join(run_dir, JOB_FILE)
+    tree = json.loads(job.model_dump_json())
+    moved = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            changes = incompatible_changes(json.load(f), tree)
+        if changes:
+            moved = base = f"{run_dir}.prev-{time.strftime('%Y%m%dT%H%M%S')}"
+            n = 1
+            while os.path.exists(moved):
+                moved, n = f"{base}-{n}", n + 1
+            os.rename(run_dir, moved)
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            print(f"[mlc-dist] {run_dir} holds a run with other settings ({listed}); it cannot "
+                  f"be resumed, so it was moved to {moved} and this run starts fresh", flush=True)
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(tree, f, indent=2)
+    os.replace(tmp, path)
+    return moved
