@@ -120,6 +120,8 @@ class TrainConfig(_Section):
     offload_params: bool = False  # parameters on CPU (deepspeed with zero_stage 3 only)
     pos_weight: bool = False  # BCE pos_weight = negatives/positives per label, from train labels
     pos_weight_max: float = Field(100.0, gt=0)
+    # prior: binary output biases start at the training labels' log-odds (0 = a coin flip each)
+    output_bias_init: Literal["prior", "zero"] = "prior"
     seed: int = 42
     shuffle_buffer_rows: int = Field(2000, ge=0)  # 0 keeps file order
     eval_every_steps: int | None = Field(None, ge=1)  # besides every epoch

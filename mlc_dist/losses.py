@@ -36,7 +36,21 @@ class BinaryObjective:
     def __init__(self, label_space: LabelSpace, pos_weight: list[float] | None = None):
         self.names = label_space.names
         self.num_outputs = len(label_space)
+        self.pos_weight = pos_weight
         self._loss = build_loss(pos_weight)
+
+    def prior_bias(self, positives: list[float], num_rows: int) -> list[float]:
+        """The constant logits that minimize this loss: log(w * p / (1 - p)) per label.
+
+        Starting the output layer there (rather than at 0, where every label is a coin flip)
+        keeps the first steps from pushing the encoder into one constant, prior-predicting
+        output for every text: with 28 rare labels that collapse is what lr 1e-4 did to MiniLM
+        on GoEmotions (val AUC 0.59; 0.88 with this start). Labels never positive get p = 0.5/n.
+        """
+        n = max(num_rows, 1)
+        p = np.clip(np.asarray(positives, dtype=np.float64), 0.5, n - 0.5) / n
+        w = np.asarray(self.pos_weight if self.pos_weight is not None else 1.0, dtype=np.float64)
+        return np.log(w * p / (1 - p)).tolist()
 
     def to(self, device) -> "BinaryObjective":
         self._loss = self._loss.to(device)
@@ -71,6 +85,9 @@ class CategoryObjective:
 
     def to(self, device) -> "CategoryObjective":
         return self
+
+    def prior_bias(self, positives: list[float], num_rows: int) -> None:
+        return None  # class counts per head are not collected; softmax heads start uniform
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return per_head_cross_entropy(logits, labels, self.sizes)

@@ -24,7 +24,7 @@ from mlc_dist.artifacts import ModelMeta, read_meta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
 from mlc_dist.losses import build_objective
-from mlc_dist.models import build_model, resolve_model_path
+from mlc_dist.models import build_model, output_bias, resolve_model_path
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -151,6 +151,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(job.model, space, vocab_size=len(tokenizer) if tokenizer else None,
                         pad_token_id=pad_token_id, max_length=job.data.max_length,
                         num_features=len(job.data.feature_columns or []))
+    if config["output_bias"] is not None:  # a checkpoint, when resuming, overwrites it
+        with torch.no_grad():
+            output_bias(model).copy_(torch.tensor(config["output_bias"]))
     engine = strategy.prepare(model, tcfg, config["num_training_steps"],
                               job.deepspeed_config() if tcfg.strategy == "deepspeed" else None)
     objective = build_objective(space, job.model.head, config["pos_weight"]).to(engine.device)
@@ -326,6 +329,10 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
           f"{prepared.validation_stats.num_rows} validation rows, {len(prepared.label_space)} "
           f"labels, {num_steps} optimizer steps on {job.scaling.num_workers} worker(s)", flush=True)
     run_dir = os.path.abspath(job.run_dir)
+    pos_weight = prepared.pos_weight(job.train.pos_weight_max) if job.train.pos_weight else None
+    bias = build_objective(prepared.label_space, job.model.head, pos_weight).prior_bias(
+        prepared.train_stats.positives, prepared.train_stats.num_rows) \
+        if job.train.output_bias_init == "prior" else None
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
     trainer = TorchTrainer(
@@ -335,8 +342,8 @@ def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
             "label_space": prepared.label_space.to_dict(),
             "num_training_steps": num_steps,
             "tokenizer_path": tokenizer_path,
-            "pos_weight": prepared.pos_weight(job.train.pos_weight_max) if job.train.pos_weight
-            else None,
+            "pos_weight": pos_weight,
+            "output_bias": bias,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,

@@ -79,6 +79,23 @@ def build_model(cfg: ModelConfig, label_space: LabelSpace, **dims) -> nn.Module:
     return _BUILDERS[cfg.kind](cfg, label_space, head_sizes(label_space, cfg.head), **dims)
 
 
+def output_bias(model: nn.Module) -> nn.Parameter:
+    """The bias of the layer that produces the logits [num_outputs].
+
+    Our kinds keep it in `model.head`; a family's own classifier (BERT `classifier`, RoBERTa
+    `classifier.out_proj`, XLNet `logits_proj`, ...) is its last Linear with num_labels outputs.
+    """
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        return head.bias
+    num_labels = model.config.num_labels
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)
+              and m.out_features == num_labels and m.bias is not None]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no output layer with {num_labels} outputs")
+    return layers[-1].bias
+
+
 def leaves_parameters_unused(model: nn.Module) -> bool:
     """Whether a training step can leave some trainable parameters without a gradient (DDP must
     then search the graph for them each step)."""

@@ -28,6 +28,10 @@ class LinearHead(nn.Module):
         super().__init__()
         self.proj = nn.Linear(hidden_size, sum(sizes))
 
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.proj.bias
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(pooled)
 
@@ -58,6 +62,10 @@ class MultiCategoryHead(nn.Module):
     def __init__(self, hidden_size: int, sizes: list[int]):
         super().__init__()
         self.proj = nn.Linear(hidden_size, sum(sizes))
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.proj.bias
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(pooled)

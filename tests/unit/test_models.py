@@ -144,3 +144,52 @@ def test_tabular_model_learns_the_generated_data(head, one_thread):
             losses.append(loss.item())
     # Starts near ln 2 = 0.69 (chance); the labels follow from the features.
     assert np.mean(losses[:5]) > 0.6 and np.mean(losses[-20:]) < 0.45, losses[::20]
+
+
+@pytest.mark.parametrize("pos_weight", [None, [3.0, 1.0, 0.5]])
+def test_prior_bias_minimizes_the_loss_of_a_constant_prediction(pos_weight):
+    labels = torch.zeros(200, 3)
+    labels[:10, 0], labels[:100, 1] = 1, 1  # label 2 is never positive
+    space = LabelSpace.from_names("xyz")
+    objective = build_objective(space, "linear", pos_weight)
+    bias = objective.prior_bias(labels.sum(0).tolist(), 200)
+    logits = torch.tensor(bias).repeat(200, 1).requires_grad_()
+    objective.loss(logits, labels).backward()
+    # The constant logits that minimize the loss: zero gradient, except where p was clipped.
+    assert logits.grad.sum(0)[:2].abs().max() < 1e-6
+    expected = np.log(0.05 / 0.95) + (np.log(3.0) if pos_weight else 0.0)
+    assert bias[0] == pytest.approx(expected) and bias[2] < -5
+    assert build_objective(SEVERITY, "multi_category").prior_bias([1, 1, 1], 10) is None
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory):
+    from tests.families import FAMILIES, build_family
+
+    return {f: build_family(f, tmp_path_factory.mktemp(f)) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("model_cfg", [
+    {"family": "bert"}, {"family": "distilbert"}, {"family": "roberta"}, {"family": "xlnet"},
+    {"family": "deberta-v2"}, {"family": "bert", "head": "multi_binary", "pooling": "mean"},
+    {"kind": "encoder", "hidden_size": 32, "num_heads": 2, "num_layers": 1},
+    {"kind": "mlp", "head": "multi_binary", "hidden_size": 16}])
+def test_output_bias_is_the_bias_of_the_logits(model_cfg, family_models):
+    from mlc_dist.models import output_bias
+
+    cfg = dict(model_cfg)
+    family = cfg.pop("family", None)
+    if family:
+        cfg["name"] = family_models[family]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**cfg), LabelSpace.from_names("abcd"), vocab_size=60,
+                        max_length=16, num_features=5).eval()
+    inputs = ({"features": torch.randn(3, 5)} if cfg.get("kind") == "mlp" else
+              {"input_ids": torch.randint(5, 60, (3, 8)), "attention_mask": torch.ones(3, 8,
+                                                                                       dtype=torch.long)})
+    before = model(**inputs).logits
+    shift = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    with torch.no_grad():
+        output_bias(model).add_(shift)
+    # Moving that bias moves every row's logits by exactly that much: it is the output layer's.
+    assert torch.allclose(model(**inputs).logits - before, shift.expand(3, 4), atol=1e-5)
