@@ -113,7 +113,10 @@ def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 1
         ours_job = validate_job({**sub.model_dump(),
                                  "train": {**sub.train.model_dump(), "length_bucketing": True},
                                  "data": {**sub.data.model_dump(), "max_length": max_length},
-                                 "scaling": {**sub.scaling.model_dump(), "num_workers": 1}},
+                                 # One worker with every core, as the Trainer in this process
+                                 # has: Ray sets a worker's torch threads to its CPU count.
+                                 "scaling": {**sub.scaling.model_dump(), "num_workers": 1,
+                                             "cpus_per_worker": os.cpu_count() or 1}},
                                 "bench")
         init_ray(min_cpus=ours_job.scaling.cpus_per_worker)
         started = time.perf_counter()
