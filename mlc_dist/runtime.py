@@ -28,9 +28,14 @@ def init_ray(min_cpus: float = 0) -> None:
     ctx.enable_operator_progress_bars = False
     ctx.enable_progress_bars = sys.stderr.isatty()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train V2 copies a worker's print() into its logger as well: every line came out twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999) + 2)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls (without
+    # it the cleaner logs a warning every second); loopback only, as `ray start --head` does.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=True)
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
