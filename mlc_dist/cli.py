@@ -240,7 +240,8 @@ def bench_train(job: Annotated[str, typer.Option(help="Job YAML (CSV/TSV train +
 
 
 @bench_app.command("score")
-def bench_score(rows: Annotated[int, typer.Option(help="Rows (the dev set, repeated)")] = 0,
+def bench_score(rows: Annotated[int, typer.Option(
+                    help="Rows: the dev set's texts, repeated (0 = the dev set once)")] = 20000,
                 batch_size: Annotated[int, typer.Option(help="Rows per forward pass")] = 64,
                 compare: Annotated[bool, typer.Option(
                     help="Also run the transformers pipeline and the bare loop")] = True,

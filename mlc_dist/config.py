@@ -159,7 +159,8 @@ class ScoreConfig(_Section):
     batch_size: int = Field(64, ge=1)  # rows per forward pass
     num_actors: int = Field(1, ge=1)
     # Rows an actor sorts by length at a time; each batch is padded to its own longest row.
-    window_rows: int = Field(1024, ge=1)
+    # 8192 short texts sort into near-equal batches (1024 scored GoEmotions dev 11% slower).
+    window_rows: int = Field(8192, ge=1)
     threads_per_actor: int | None = Field(None, ge=1)  # torch threads; default cores / actors
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 GPU, fp32 CPU
     # Bad rows: null, non-string or invalid UTF-8 text; long rows: more than max_chars characters.
