@@ -36,6 +36,8 @@ def init_ray(min_cpus: float = 0) -> None:
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999) + 2)
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls (without
     # it the cleaner logs a warning every second); loopback only, as `ray start --head` does.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=True)
+    # address="local": a new cluster even when this machine already runs one (`ray start`),
+    # which ray.init() would otherwise join and then refuse num_cpus for.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=True)
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
