@@ -18,28 +18,38 @@ from mlc_dist.config import JobConfig, validate_job
 from mlc_dist.models import resolve_model_path
 
 
-def _head(src: str, dst: str, rows: int, header: bool) -> str:
-    # Line-based on purpose: the benchmark's files are one row per line (GoEmotions TSV).
+def _slice(src: str, dst: str, skip: int, rows: int, header: bool) -> str:
+    """Rows [skip, skip + rows) of src (and its header line). Line-based on purpose: the
+    benchmark's files are one row per line (GoEmotions TSV)."""
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        if header:
+            out.write(next(f, ""))
         for i, line in enumerate(f):
-            if i >= rows + int(header):
+            if i >= skip + rows:
                 break
-            out.write(line)
+            if i >= skip:
+                out.write(line)
     return dst
 
 
 def subset_job(job: JobConfig, work: str, samples: int, val_rows: int) -> JobConfig:
-    """The job on the first `samples` training rows and `val_rows` validation rows, 1 epoch."""
-    if not isinstance(job.data.train, str) or not isinstance(job.data.validation, str):
-        raise ValueError("bench train needs data.train and data.validation as single CSV/TSV files")
+    """The job on the first `samples` training rows and `val_rows` validation rows, 1 epoch.
+
+    Without data.validation, the validation rows are the `val_rows` after those training rows.
+    """
+    validation = job.data.validation or job.data.train
+    if not isinstance(job.data.train, str) or not isinstance(validation, str):
+        raise ValueError("bench train needs data.train (and data.validation, if set) as single "
+                         "CSV/TSV files")
     if data.detect_format([job.data.train], job.data.format) not in ("csv", "tsv"):
         raise ValueError(f"{job.data.train}: bench train reads CSV/TSV files line by line")
     tree = job.model_dump()
     ext = os.path.splitext(job.data.train)[1]
-    tree["data"]["train"] = _head(job.data.train, os.path.join(work, "train" + ext), samples,
-                                  job.data.header)
-    tree["data"]["validation"] = _head(job.data.validation, os.path.join(work, "val" + ext),
-                                       val_rows, job.data.header)
+    tree["data"]["train"] = _slice(job.data.train, os.path.join(work, "train" + ext), 0, samples,
+                                   job.data.header)
+    tree["data"]["validation"] = _slice(validation, os.path.join(work, "val" + ext),
+                                        0 if job.data.validation else samples, val_rows,
+                                        job.data.header)
     tree["run"] = {"name": "bench", "output_dir": os.path.join(work, "runs")}
     tree["train"].update(epochs=1, max_steps=None, pos_weight=False, eval_every_steps=None,
                          checkpoint_every_steps=None)

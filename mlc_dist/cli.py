@@ -67,10 +67,9 @@ def train(job: JobArg, set_: SetOpt = None):
             typer.echo(json.dumps(cross_validate(loaded), indent=2))
             return
         summary = fit(loaded)
-        shown = {k: summary[k] for k in ("val_mean_auc", "val_micro_f1", "val_macro_f1",
-                                         "val_micro_f1_tuned", "val_macro_f1_tuned", "steps",
-                                         "train_samples_per_s", "wall_time_s", "model_dir",
-                                         "report")}
+        # Validation keys differ by head (multi-category labels report category accuracy).
+        shown = {k: v for k, v in summary.items() if k.startswith("val_") or k in (
+            "steps", "train_samples_per_s", "wall_time_s", "model_dir", "report")}
         typer.echo(json.dumps(shown, indent=2))
 
     _run(go)
