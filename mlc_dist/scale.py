@@ -122,6 +122,8 @@ def write_outputs(rows: list[dict], out_dir: str, device: str, peak: float | Non
     ax2.plot(n, [r["scaling_efficiency"] for r in rows], "o-")
     ax2.set(xlabel="workers", ylabel="efficiency vs 1 worker", ylim=(0, 1.2),
             title="Scaling efficiency")
+    for ax in (ax1, ax2):
+        ax.set_xticks(n)  # worker counts only, no fractional workers
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=100)
     plt.close(fig)
