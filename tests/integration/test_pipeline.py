@@ -18,7 +18,10 @@ from .helpers import demo_job
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert, ray_cluster):
     tmp = tmp_path_factory.mktemp("pipeline")
-    job = demo_job(tmp, tiny_bert, rows=800, train={"max_steps": 24, "epochs": 3})
+    # A zero output-bias start, so a tiny model's loss falls clearly in 24 steps (from a prior
+    # start it has little left to fall; test_architectures checks that start).
+    job = demo_job(tmp, tiny_bert, rows=800, train={"max_steps": 24, "epochs": 3,
+                                                    "output_bias_init": "zero"})
     return job, train.fit(job)
 
 
@@ -28,9 +31,6 @@ def test_two_workers_train_and_the_loss_falls(trained):
     assert summary["steps"] == 24 and summary["num_workers"] == 2
     assert len(losses) >= 6
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.03, losses
-    # The output biases start at the labels' log-odds: the first steps already sit near the
-    # prior's entropy (0.31 on this data), not at ln 2 = 0.69 as with a zero start.
-    assert losses[0] < 0.45, losses
     # Each of 2 workers sees 16 rows a step, except the short last batch of an epoch.
     assert 23 * 16 * 2 <= summary["train_samples"] <= 24 * 16 * 2
 
