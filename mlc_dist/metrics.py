@@ -7,15 +7,17 @@ positive (or without a negative, for AUC) in the evaluated rows are undefined: N
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (fbeta_score, hamming_loss, multilabel_confusion_matrix,
-                             precision_recall_curve, precision_recall_fscore_support,
-                             roc_auc_score)
+
+# scikit-learn is imported inside the functions that use it: it takes about a second to import,
+# and the scoring actors, which only threshold (predict), start that much sooner without it.
 
 THRESHOLD_STRATEGIES = ("per_label", "global", "fixed")
 
 
 def per_label_auc(labels: np.ndarray, probs: np.ndarray) -> list[float | None]:
     """ROC AUC per label; None where a label has only one class in `labels` (undefined)."""
+    from sklearn.metrics import roc_auc_score
+
     out: list[float | None] = []
     for j in range(labels.shape[1]):
         y = labels[:, j]
@@ -44,6 +46,8 @@ def averaged_f(y_true: np.ndarray, y_pred: np.ndarray, beta: float = 1.0) -> dic
     so a label absent from the split neither drags the mean to 0 nor lifts it to 1. Samples
     averages over rows; a row with no true and no predicted label counts as 1 (exact match).
     """
+    from sklearn.metrics import fbeta_score
+
     present = np.flatnonzero(y_true.sum(axis=0) > 0)
     out = {}
     for avg in ("micro", "macro", "weighted", "samples"):
@@ -62,6 +66,8 @@ def per_label(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None =
     Recall and F1 are None for a label with no positives; precision is None when nothing was
     predicted positive for it.
     """
+    from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
+
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, average=None,
                                                        zero_division=0)
     no_pos, no_pred = support == 0, y_pred.sum(axis=0) == 0
@@ -97,6 +103,8 @@ def tune_thresholds(labels: np.ndarray, probs: np.ndarray, strategy: str = "per_
 
 
 def _best_threshold(y: np.ndarray, p: np.ndarray, beta: float, default: float) -> float:
+    from sklearn.metrics import precision_recall_curve
+
     if y.sum() == 0:
         return float(default)
     # precision_recall_curve's thresholds are the distinct scores; predicting `p >= t` there.
@@ -115,6 +123,8 @@ def report(labels: np.ndarray, probs: np.ndarray, thresholds: float | list[float
     the fraction of wrong label decisions. Per-element accuracy (1 - hamming_loss) is never
     called "accuracy".
     """
+    from sklearn.metrics import hamming_loss
+
     y_true = labels.astype(np.int8)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(names),))
     out: dict = {"num_rows": int(len(y_true)), "mean_auc": mean_auc(y_true, probs)}
