@@ -9,6 +9,10 @@ Output layout under `score.output` (any `{date}` in the paths is the `--date` pa
 
 A part is written under `_tmp/` and renamed into place, then its record is written: a crash
 leaves either no part or a whole one, and a rerun skips the parts that have a record.
+
+Consecutive pending files with one schema stream through one dataset, so a drop of many files
+starts the scoring actors (imports, model load) once; a part commits as soon as its rows out
+plus quarantined reach its rows in, counted beforehand.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import re
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -160,18 +165,21 @@ def run(job: JobConfig, input_paths=None, output: str | None = None, date: str |
             done[name] = _verify(out, out.read_json(RECORDS, f"{name}.json"), mid, output)
     if out.exists(SUCCESS) and len(done) < len(names):
         raise JobConfigError(f"{output}: complete for other inputs; rerun with --overwrite")
-    started, committed, records = time.perf_counter(), 0, []
+    started, committed = time.perf_counter(), 0
+    pending = [(path, name) for path, name in zip(files, names) if name not in done]
+    for name in done:
+        log.info("%s: committed by an earlier run, skipped", name)
+    records = dict(done)
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
-    for path, name in zip(files, names):
-        if name in done:
-            log.info("%s: committed by an earlier run, skipped", name)
-            records.append(done[name])
-            continue
+    if pending:
         init_ray(min_cpus=job.score.num_actors * job.scaling.cpus_per_worker)
-        records.append(_score_part(job, path, name, model_dir, meta, mid, out))
-        committed += 1
-        if fault_after and committed >= fault_after:
-            os._exit(99)
+    for group in _schema_groups(job, meta, pending):
+        for record in _score_group(job, group, model_dir, meta, mid, out):
+            records[record["part"]] = record
+            committed += 1
+            if fault_after and committed >= fault_after:
+                os._exit(99)
+    records = [records[name] for name in names]
     elapsed = time.perf_counter() - started
     totals = {k: sum(r[k] for r in records) for k in
               ("rows_in", "rows_out", "rows_quarantined", "rows_truncated", "duplicate_ids")}
@@ -198,74 +206,181 @@ def _verify(out: _Output, record: dict, mid: str, output: str) -> dict:
     return record
 
 
-def _score_part(job: JobConfig, path: str, name: str, model_dir: str, meta, mid: str,
-                out: _Output) -> dict:
-    from mlc_dist.losses import build_objective
-    from mlc_dist.score import passthrough_columns, scored_dataset
+@dataclass
+class _Input:
+    """One input file: its part name, schema, passthrough columns and independent row count."""
 
-    cfg = job.data.model_copy(update={"text_column": meta.text_column,
-                                      "text_pair_column": meta.text_pair_column})
-    raw = data.read_table([path], cfg, [cfg.text_column, *cfg.id_columns])
-    schema = raw.schema().base_schema
-    passthrough = passthrough_columns(job, meta, schema.names)
-    inputs = job.data.feature_columns or [cfg.text_column]
-    missing = [c for c in [*inputs, *passthrough] if c not in schema.names]
-    if missing:
-        raise data.DataError(f"{path}: missing column(s) {missing}; columns are {schema.names}")
-    rows_in = raw.count()
-    ds = scored_dataset(job, [path], model_dir, meta, raw, passthrough)
+    path: str
+    name: str
+    schema: pa.Schema
+    passthrough: list[str]
+    rows_in: int
+
+
+def _schema_groups(job: JobConfig, meta, pending: list[tuple[str, str]]):
+    """Runs of consecutive pending files with one schema: each run is scored by one dataset
+    (one actor pool, started once), so a drop of many files pays the actors' start once."""
+    from mlc_dist.score import passthrough_columns
+
+    cfg = _data_config(job, meta)
+    group: list[_Input] = []
+    for path, name in pending:
+        raw = data.read_table([path], cfg, [cfg.text_column, *cfg.id_columns])
+        schema = raw.schema().base_schema
+        passthrough = passthrough_columns(job, meta, schema.names)
+        inputs = job.data.feature_columns or [cfg.text_column]
+        missing = [c for c in [*inputs, *passthrough] if c not in schema.names]
+        if missing:
+            raise data.DataError(f"{path}: missing column(s) {missing}; columns are "
+                                 f"{schema.names}")
+        item = _Input(path, name, schema, passthrough, raw.count())
+        # An empty file streams nothing, so its schema (often all-null types) splits no run.
+        ref = next((g.schema for g in group if g.rows_in), None)
+        if item.rows_in and ref is not None and not schema.equals(ref):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+def _data_config(job: JobConfig, meta):
+    return job.data.model_copy(update={"text_column": meta.text_column,
+                                       "text_pair_column": meta.text_pair_column})
+
+
+def _path_key(path: str) -> str:
+    """A file's path as Ray Data's `path` column gives it: no scheme, absolute when local."""
+    if "://" in path:
+        return path.split("://", 1)[1]
+    return os.path.abspath(path)
+
+
+def _score_group(job: JobConfig, group: list[_Input], model_dir: str, meta, mid: str,
+                 out: _Output):
+    """Score files of one schema in one streaming dataset; yield each part's record right after
+    its commit. A part commits when its rows out + quarantined reach its rows in."""
+    from mlc_dist.losses import build_objective
+    from mlc_dist.score import scored_dataset
+
+    cfg = _data_config(job, meta)
+    streamed = [f for f in group if f.rows_in]
     # The output columns are whatever the model's objective writes (binary or per-category).
     objective = build_objective(meta.label_space, meta.extra.get("head", "linear"))
     sample = objective.columns(np.zeros((1, objective.num_outputs), np.float32),
                                np.asarray(meta.thresholds, dtype=np.float32))
-    score_cols = [c for c in sample if c.startswith("score_")]
-    ids = pa.schema([schema.field(c) for c in passthrough])
-    out_schema = pa.schema([*ids, *[pa.field(c, pa.from_numpy_dtype(v.dtype))
-                                    for c, v in sample.items()]])
-    q_schema = pa.schema([*ids, pa.field("reason", pa.string())])
-    tmp, q_tmp = out.path(TMP, f"{uuid.uuid4().hex}-{name}"), out.path(TMP, f"q-{name}")
-    counts = {"rows_out": 0, "rows_quarantined": 0, "rows_truncated": 0}
-    hashes, q_writer = [], None
-    with pq.ParquetWriter(tmp, out_schema, filesystem=out.fs) as writer:
+    parts = {_path_key(f.path): _Part(f, out, sample, bool(job.data.id_columns)) for f in group}
+    for part in list(parts.values()):
+        if part.input.rows_in == 0:  # nothing will stream for it
+            yield part.commit(mid)
+    if not streamed:
+        return
+    paths = [f.path for f in streamed]
+    raw = data.read_table(paths, cfg, [cfg.text_column, *cfg.id_columns])
+    ds = scored_dataset(job, paths, model_dir, meta, raw, [*streamed[0].passthrough, data.PATH])
+    ds.context.execution_options.preserve_order = True  # parts complete, and commit, in order
+    try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            reason = batch.column(REASON).to_numpy(zero_copy_only=False)
-            ok = np.isin(reason, SCORED)
-            scored = batch.filter(pa.array(ok)).select(out_schema.names).cast(out_schema)
-            _audit_scores(scored, score_cols, path)
-            writer.write_table(scored)
-            if (~ok).any():
-                q = batch.filter(pa.array(~ok)).select([*passthrough, REASON])
-                q = q.rename_columns([*passthrough, "reason"]).cast(q_schema)
-                q_writer = q_writer or pq.ParquetWriter(q_tmp, q_schema, filesystem=out.fs)
-                q_writer.write_table(q)
-            counts["rows_out"] += scored.num_rows
-            counts["rows_quarantined"] += int((~ok).sum())
-            counts["rows_truncated"] += int((reason == TRUNCATED).sum())
-            if passthrough and job.data.id_columns:
-                keys = zip(*(batch.column(c).to_pylist() for c in passthrough))
-                hashes.append(np.fromiter((hash(k) for k in keys), np.int64, count=len(batch)))
-    if q_writer is not None:
-        q_writer.close()
-    if counts["rows_out"] + counts["rows_quarantined"] != rows_in:
-        raise AuditError(f"{path}: {rows_in} rows in but {counts['rows_out']} scored + "
-                         f"{counts['rows_quarantined']} quarantined; nothing was committed")
-    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.int64)
-    record = {"part": name, "input": path, "rows_in": rows_in, **counts,
-              "duplicate_ids": int(len(all_hashes) - len(np.unique(all_hashes))),
-              "model_id": mid, "checksum": out.sha256(tmp),
-              "quarantine_checksum": out.sha256(q_tmp) if q_writer else None,
-              "committed_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    if record["duplicate_ids"]:
-        log.warning("%s: %d duplicate ids", path, record["duplicate_ids"])
-    if q_writer is None and out.exists(QUARANTINE, f"{name}.parquet"):
-        out.fs.delete_file(out.path(QUARANTINE, f"{name}.parquet"))  # a killed attempt's
-    if q_writer is not None:
-        out.fs.move(q_tmp, out.path(QUARANTINE, f"{name}.parquet"))
-    out.fs.move(tmp, out.path(f"{name}.parquet"))
-    out.write_atomic(json.dumps(record, indent=2).encode(), RECORDS, f"{name}.json")
-    log.info("%s: committed %d rows (%d quarantined)", name, counts["rows_out"],
-             counts["rows_quarantined"])
-    return record
+            of_row = batch.column(data.PATH).to_numpy(zero_copy_only=False)
+            for key in dict.fromkeys(of_row):
+                part = parts.get(key)
+                if part is None:
+                    raise AuditError(f"scored rows of {key!r}, which is not one of the inputs "
+                                     f"{paths}; nothing more was committed")
+                part.add(batch.filter(pa.array(of_row == key)))
+                if part.done:
+                    yield part.commit(mid)
+    finally:
+        for part in parts.values():
+            part.close()
+    for part in parts.values():
+        if not part.committed:
+            part.audit_rows()  # raises: fewer rows came out than went in
+
+
+class _Part:
+    """One input file's output in progress: written under _tmp/, committed by renames."""
+
+    def __init__(self, item: _Input, out: _Output, sample: dict, has_ids: bool):
+        self.input, self.out, self.has_ids = item, out, has_ids
+        ids = pa.schema([item.schema.field(c) for c in item.passthrough])
+        self.schema = pa.schema([*ids, *[pa.field(c, pa.from_numpy_dtype(v.dtype))
+                                         for c, v in sample.items()]])
+        self.q_schema = pa.schema([*ids, pa.field("reason", pa.string())])
+        self.score_cols = [c for c in sample if c.startswith("score_")]
+        self.tmp = out.path(TMP, f"{uuid.uuid4().hex}-{item.name}")
+        self.q_tmp = out.path(TMP, f"q-{uuid.uuid4().hex}-{item.name}")
+        self.writer = self.q_writer = None  # opened on the first rows: few files open at once
+        self.counts = {"rows_out": 0, "rows_quarantined": 0, "rows_truncated": 0}
+        self.hashes: list[np.ndarray] = []
+        self.committed = False
+
+    @property
+    def done(self) -> bool:
+        return self.counts["rows_out"] + self.counts["rows_quarantined"] >= self.input.rows_in
+
+    def add(self, batch: pa.Table) -> None:
+        passthrough = self.input.passthrough
+        reason = batch.column(REASON).to_numpy(zero_copy_only=False)
+        ok = np.isin(reason, SCORED)
+        scored = batch.filter(pa.array(ok)).select(self.schema.names).cast(self.schema)
+        _audit_scores(scored, self.score_cols, self.input.path)
+        self._writer().write_table(scored)
+        if (~ok).any():
+            q = batch.filter(pa.array(~ok)).select([*passthrough, REASON])
+            q = q.rename_columns([*passthrough, "reason"]).cast(self.q_schema)
+            self.q_writer = self.q_writer or pq.ParquetWriter(self.q_tmp, self.q_schema,
+                                                              filesystem=self.out.fs)
+            self.q_writer.write_table(q)
+        self.counts["rows_out"] += scored.num_rows
+        self.counts["rows_quarantined"] += int((~ok).sum())
+        self.counts["rows_truncated"] += int((reason == TRUNCATED).sum())
+        if passthrough and self.has_ids:
+            keys = zip(*(batch.column(c).to_pylist() for c in passthrough))
+            self.hashes.append(np.fromiter((hash(k) for k in keys), np.int64, count=len(batch)))
+        if self.counts["rows_out"] + self.counts["rows_quarantined"] > self.input.rows_in:
+            self.audit_rows()
+
+    def audit_rows(self) -> None:
+        c, path = self.counts, self.input.path
+        if c["rows_out"] + c["rows_quarantined"] != self.input.rows_in:
+            raise AuditError(f"{path}: {self.input.rows_in} rows in but {c['rows_out']} scored + "
+                             f"{c['rows_quarantined']} quarantined; nothing was committed")
+
+    def _writer(self) -> pq.ParquetWriter:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, filesystem=self.out.fs)
+        return self.writer
+
+    def close(self) -> None:
+        for writer in (self.writer, self.q_writer):
+            if writer is not None and writer.is_open:
+                writer.close()
+
+    def commit(self, mid: str) -> dict:
+        self.audit_rows()
+        self._writer()  # a part with no scored rows is still a file, with the schema
+        self.close()
+        out, name = self.out, self.input.name
+        all_hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.int64)
+        record = {"part": name, "input": self.input.path, "rows_in": self.input.rows_in,
+                  **self.counts,
+                  "duplicate_ids": int(len(all_hashes) - len(np.unique(all_hashes))),
+                  "model_id": mid, "checksum": out.sha256(self.tmp),
+                  "quarantine_checksum": out.sha256(self.q_tmp) if self.q_writer else None,
+                  "committed_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        if record["duplicate_ids"]:
+            log.warning("%s: %d duplicate ids", self.input.path, record["duplicate_ids"])
+        if self.q_writer is None and out.exists(QUARANTINE, f"{name}.parquet"):
+            out.fs.delete_file(out.path(QUARANTINE, f"{name}.parquet"))  # a killed attempt's
+        if self.q_writer is not None:
+            out.fs.move(self.q_tmp, out.path(QUARANTINE, f"{name}.parquet"))
+        out.fs.move(self.tmp, out.path(f"{name}.parquet"))
+        out.write_atomic(json.dumps(record, indent=2).encode(), RECORDS, f"{name}.json")
+        log.info("%s: committed %d rows (%d quarantined)", name, self.counts["rows_out"],
+                 self.counts["rows_quarantined"])
+        self.committed = True
+        return record
 
 
 def _audit_scores(table: pa.Table, score_cols: list[str], path: str) -> None:

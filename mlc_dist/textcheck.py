@@ -48,7 +48,7 @@ class CheckText:
         if bad.any() and self.on_bad_text == "fail":
             i = int(np.argmax(bad))
             ids = ", ".join(f"{c}={batch.column(c)[i].as_py()!r}" for c in self.passthrough)
-            raise DataError(f"{_where(batch)}: row {ids or i}: column {self.text_column!r} is "
+            raise DataError(f"{_where(batch, i)}: row {ids or i}: column {self.text_column!r} is "
                             f"{reason[i].replace('_', ' ')} (score.on_bad_text: fail)")
         out = {c: batch.column(c) for c in self.passthrough}
         out[TEXT] = pc.fill_null(text, "")
@@ -88,7 +88,8 @@ def _as_text(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return col, reason
 
 
-def _where(batch: pa.Table) -> str:
+def _where(batch: pa.Table, row: int = 0) -> str:
+    """The file a row came from (a batch can span files)."""
     if PATH in batch.column_names and len(batch):
-        return str(batch.column(PATH)[0].as_py())
+        return str(batch.column(PATH)[row].as_py())
     return "<input>"

@@ -121,3 +121,28 @@ def test_bad_rows_follow_the_policy_with_counts(model_dir, tmp_path, ray_cluster
         nightly.run(validate_job(job_tree(model_dir, str(folder), str(tmp_path / "o2"),
                                           on_bad_text="fail")))
     assert not nightly.is_complete(str(tmp_path / "o2"))
+
+
+def _scorer_actors() -> int:
+    from ray.util.state import list_actors
+
+    return sum(a.class_name.startswith("MapWorker") and "Scorer" in a.class_name
+               for a in list_actors(limit=10_000))
+
+
+def test_a_drop_of_files_shares_one_actor_pool(model_dir, tmp_path, ray_cluster):
+    # 40-row windows span files; an empty file still gets its (empty) part.
+    inputs = write_inputs(tmp_path / "in", [25, 0, 30, 7])
+    job = validate_job(job_tree(model_dir, str(inputs), str(tmp_path / "out")))
+    before = _scorer_actors()
+    summary = nightly.run(job)
+    assert _scorer_actors() - before == 1  # one pool for the four files, not one per file
+    assert (summary["parts_committed"], summary["rows_in"], summary["rows_out"]) == (4, 62, 62)
+    for i, n in enumerate([25, 0, 30, 7]):
+        part = pq.read_table(tmp_path / "out" / f"part-drop-{i}.parquet")
+        source = pq.read_table(inputs / f"drop-{i}.parquet")
+        assert part.num_rows == n and part.column("id").to_pylist() == \
+            source.column("id").to_pylist()
+        record = json.loads((tmp_path / "out" / "_manifest" / f"part-drop-{i}.json").read_text())
+        assert (record["rows_in"], record["rows_out"]) == (n, n)
+
