@@ -126,26 +126,33 @@ def run_bare(model_dir: str, texts: list[str], batch_size: int):
     return time.perf_counter() - started, scores
 
 
-def _write_input(path: str, texts: list[str]) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), path)
-    return path
+def _write_input(folder: str, texts: list[str], text_column: str, files: int = 1) -> str:
+    """`texts` with string ids 0..n-1, as `files` Parquet files of near-equal size in `folder`."""
+    os.makedirs(folder, exist_ok=True)
+    table = pa.table({"id": [str(i) for i in range(len(texts))], text_column: texts})
+    bounds = np.linspace(0, len(texts), max(1, files) + 1).astype(int)
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pq.write_table(table.slice(lo, hi - lo), os.path.join(folder, f"rows-{i:04d}.parquet"))
+    return folder
 
 
 def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
-              data_file: str | None = None, model_dir: str | None = None) -> dict:
+              data_file: str | None = None, model_dir: str | None = None,
+              files: int = 1) -> dict:
     """Ours end to end (Ray start excluded; workers, imports and model load included), then the
     same job on FIXED_ROWS rows for its fixed cost, then the pipeline and the bare loop with Ray
     shut down, so they have the machine to themselves."""
     import ray
 
+    from mlc_dist.artifacts import read_meta
     from mlc_dist.runtime import init_ray
 
     texts = read_texts(data_file or os.path.abspath(DEV_TSV), rows)
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         model_dir = model_dir or export_bench_model(os.path.join(tmp, "model"))
-        input_path = _write_input(os.path.join(tmp, "input", "rows.parquet"), texts)
-        small_path = _write_input(os.path.join(tmp, "small", "rows.parquet"), texts[:FIXED_ROWS])
+        text_column = read_meta(model_dir).text_column
+        input_path = _write_input(os.path.join(tmp, "input"), texts, text_column, files)
+        small_path = _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS], text_column)
         init_ray(min_cpus=1)
         with PeakRss() as rss:
             ours_s, ours, summary = run_ours(model_dir, input_path, os.path.join(tmp, "out"),
@@ -154,7 +161,7 @@ def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
         fixed_s = run_ours(model_dir, small_path, os.path.join(tmp, "out-small"), batch_size)[0]
         ray.shutdown()
         steady = (len(texts) - FIXED_ROWS) / max(ours_s - fixed_s, 1e-9)
-        result = {"rows": len(texts), "model": model_dir,
+        result = {"rows": len(texts), "files": files, "model": model_dir,
                   "ours_rows_per_s": round(len(texts) / ours_s, 1),
                   "ours_fixed_s": round(fixed_s, 1), "ours_steady_rows_per_s": round(steady, 1),
                   "peak_rss_mb": round(rss.peak / 2**20), "rows_quarantined":

@@ -246,11 +246,14 @@ def bench_score(rows: Annotated[int, typer.Option(
                     help="Also run the transformers pipeline and the bare loop")] = True,
                 data_file: Annotated[Optional[str], typer.Option(help="GoEmotions-style TSV")] = None,
                 model_dir: Annotated[Optional[str], typer.Option(
-                    help="An exported model (default: MiniLM with a fresh head)")] = None):
+                    help="An exported model (default: MiniLM with a fresh head)")] = None,
+                files: Annotated[int, typer.Option(
+                    help="Split the rows over this many Parquet files (a nightly drop)")] = 1):
     """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model."""
     from mlc_dist.bench_score import run_bench
 
-    typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir))))
+    typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir,
+                                                 files))))
 
 
 def main() -> None:

@@ -146,3 +146,21 @@ def test_a_drop_of_files_shares_one_actor_pool(model_dir, tmp_path, ray_cluster)
         record = json.loads((tmp_path / "out" / "_manifest" / f"part-drop-{i}.json").read_text())
         assert (record["rows_in"], record["rows_out"]) == (n, n)
 
+
+
+def test_bench_score_prints_the_comparison(model_dir, tmp_path):
+    # A separate process: the benchmark starts and stops its own local Ray cluster.
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("".join(f"{t}\tx\tid\n" for t in
+                           generate(40, seed=3).column("comment_text").to_pylist()))
+    cmd = [sys.executable, "-m", "mlc_dist.cli", "bench", "score", "--rows", "120", "--files",
+           "3", "--model-dir", model_dir, "--data-file", str(tsv)]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (figures["rows"], figures["files"], figures["rows_quarantined"]) == (120, 3, 0)
+    for key in ("ours_rows_per_s", "pipeline_rows_per_s", "bare_rows_per_s",
+                "ratio_vs_pipeline", "fraction_of_bare"):
+        assert figures[key] > 0, key
+    assert figures["max_abs_diff"] <= 1e-4  # the three paths score the same rows the same
