@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 
 from mlc_dist.labels import LabelSpace
+from mlc_dist.models.heads import HEADS, HeadName
+from mlc_dist.models.outputs import OutputSchema
 
 META_FILE = "mlc_dist.json"
 FORMAT_VERSION = 1
@@ -23,21 +25,36 @@ class ModelMeta:
     text_pair_column: str | None
     max_length: int
     base_model: str
+    kind: str = "hf"  # model.kind: hf | encoder | mlp
+    head: HeadName = "linear"
+    feature_columns: list[str] | None = None  # tabular input (kind: mlp)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"{META_FILE}: unknown head {self.head!r}; expected one of "
+                             f"{list(HEADS)}")
+
+    @property
+    def outputs(self) -> OutputSchema:
+        """What the model's logits mean and which score_/pred_ columns they become."""
+        return OutputSchema(self.label_space, self.head)
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "labels": self.label_space.to_dict(),
                 "thresholds": self.thresholds, "text_column": self.text_column,
                 "text_pair_column": self.text_pair_column, "max_length": self.max_length,
-                "base_model": self.base_model, **self.extra}
+                "base_model": self.base_model, "kind": self.kind, "head": self.head,
+                "feature_columns": self.feature_columns, **self.extra}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
         known = {"format_version", "labels", "thresholds", "text_column", "text_pair_column",
-                 "max_length", "base_model"}
+                 "max_length", "base_model", "kind", "head", "feature_columns"}
         return cls(LabelSpace.from_dict(d["labels"]), [float(t) for t in d["thresholds"]],
                    d["text_column"], d.get("text_pair_column"), int(d["max_length"]),
-                   d.get("base_model", ""), {k: v for k, v in d.items() if k not in known})
+                   d.get("base_model", ""), d.get("kind", "hf"), d.get("head", "linear"),
+                   d.get("feature_columns"), {k: v for k, v in d.items() if k not in known})
 
 
 def save_export(directory: str, model, tokenizer, meta: ModelMeta, state_dict=None) -> None:

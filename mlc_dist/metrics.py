@@ -158,3 +158,24 @@ def category_summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         "category_macro_f1": float(np.mean([f1_score(t, p, average="macro", zero_division=0)
                                             for t, p in pairs])),
     }
+
+
+def head_summary(schema, labels: np.ndarray, probs: np.ndarray, thresholds) -> dict:
+    """`summary` for any head's outputs (`schema`: models.outputs.OutputSchema).
+
+    Binary labels: the usual AUC/F1 on P(positive). Multi-category labels: accuracy and macro-F1
+    of the argmax per label, averaged over those labels.
+    """
+    if schema.is_binary:
+        return summary(labels, probs, thresholds)
+    categories = schema.label_space.categories
+    binary = [j for j, name in enumerate(schema.names) if name not in categories]
+    out = {}
+    if binary:
+        p1 = np.stack([probs[:, schema.offsets[j] + 1] for j in binary], axis=1)
+        out.update(summary(labels[:, binary], p1, np.asarray(thresholds)[binary]))
+    pairs = [(labels[:, j].astype(int), block.argmax(1)) for j, name, block in schema.blocks(probs)
+             if name in categories]
+    if pairs:
+        out.update(category_summary(pairs))
+    return out

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from mlc_dist.artifacts import load_export
-from mlc_dist.losses import build_objective
 
 
 @torch.inference_mode()
@@ -18,11 +17,10 @@ def predict_texts(model_dir: str, texts: list[str], pair: str | None = None):
     label sum to 1 instead of being read as independent sigmoids.
     """
     model, tokenizer, meta = load_export(model_dir)
-    objective = build_objective(meta.label_space, meta.extra.get("head", "linear"))
     enc = tokenizer(texts, [pair] * len(texts) if pair else None, truncation=True,
                     max_length=meta.max_length, padding=True, return_tensors="pt")
-    probs = objective.probabilities(model(**enc).logits.float()).numpy()
-    columns = objective.columns(probs, meta.thresholds)
+    probs = meta.outputs.probabilities(model(**enc).logits.float()).numpy()
+    columns = meta.outputs.columns(probs, meta.thresholds)
     entries = []  # (display name, score column, predicate on pred_ value)
     for name in meta.label_space.names:
         cats = meta.label_space.categories.get(name)

@@ -48,7 +48,7 @@ def export_tiny_model(directory, tiny_bert: str, labels, text_column: str = "tex
     save_export(str(directory), build_model(ModelConfig(name=tiny_bert, head=head), labels),
                 AutoTokenizer.from_pretrained(tiny_bert),
                 ModelMeta(labels, [0.5] * len(labels), text_column, None, max_length, tiny_bert,
-                          {"head": head}))
+                          head=head))
     return str(directory)
 
 

@@ -1,17 +1,20 @@
 """Classification heads and pooling shared by every model kind: pooled [B, H] -> logits.
 
 A head returns one flat logits tensor [B, num_outputs]; how it is split per label is described by
-`head_sizes` (one entry per label), which losses.py uses for the loss and the probabilities.
+`head_sizes` (one entry per label), which the output schema (outputs.py) and the loss read.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Literal, get_args
+
 from torch import nn
 
 from mlc_dist.labels import LabelSpace
 
-HEADS = ("linear", "multi_binary", "multi_category")
+HeadName = Literal["linear", "multi_binary", "multi_category"]
+HEADS: tuple[str, ...] = get_args(HeadName)
 
 
 def head_sizes(label_space: LabelSpace, head: str) -> list[int]:
@@ -22,7 +25,9 @@ def head_sizes(label_space: LabelSpace, head: str) -> list[int]:
 
 
 class LinearHead(nn.Module):
-    """One fused layer: a logit per label."""
+    """One fused layer Linear(H, sum of sizes): a logit per binary label, or for multi-category
+    labels a block of K_i logits per label (a block of rows is exactly a per-label Linear(H, K_i);
+    the softmax is taken per block by the output schema)."""
 
     def __init__(self, hidden_size: int, sizes: list[int]):
         super().__init__()
@@ -53,26 +58,8 @@ class MultiBinaryHead(nn.Module):
         return torch.einsum("bh,lho->bl", pooled, self.weight) + self.bias
 
 
-class MultiCategoryHead(nn.Module):
-    """One softmax head per label with K_i classes; stored as one Linear(H, sum K_i).
-
-    A block of rows per label is exactly a per-label Linear(H, K_i); the softmax is per block.
-    """
-
-    def __init__(self, hidden_size: int, sizes: list[int]):
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, sum(sizes))
-
-    @property
-    def bias(self) -> torch.Tensor:
-        return self.proj.bias
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.proj(pooled)
-
-
 _HEAD_CLASSES = {"linear": LinearHead, "multi_binary": MultiBinaryHead,
-                 "multi_category": MultiCategoryHead}
+                 "multi_category": LinearHead}
 
 
 def build_head(head: str, hidden_size: int, sizes: list[int]) -> nn.Module:

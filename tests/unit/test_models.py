@@ -13,7 +13,8 @@ from mlc_dist import data
 from mlc_dist.config import DataConfig, ModelConfig
 from mlc_dist.demo import TABULAR_FEATURES, TABULAR_LABELS, generate_tabular
 from mlc_dist.labels import LabelSpace
-from mlc_dist.losses import build_objective, per_head_cross_entropy
+from mlc_dist.losses import build_loss, per_head_cross_entropy, prior_bias
+from mlc_dist.models.outputs import OutputSchema
 from mlc_dist.models import build_model
 from mlc_dist.models.heads import MultiBinaryHead, mean_pool
 
@@ -72,12 +73,12 @@ def test_multi_category_loss_is_the_mean_of_per_head_cross_entropies():
         hand.append(np.mean([float(ce(logits[i, lo:hi], int(labels[i, j]))) for i in range(2)]))
     expected = float(np.mean(hand))
     assert float(per_head_cross_entropy(logits, labels, sizes)) == pytest.approx(expected, 1e-6)
-    objective = build_objective(SEVERITY, "multi_category")
-    assert objective.num_outputs == 7
-    assert float(objective.loss(logits, labels)) == pytest.approx(expected, 1e-6)
-    probs = objective.probabilities(logits).numpy()
+    outputs = OutputSchema(SEVERITY, "multi_category")
+    assert outputs.num_outputs == 7
+    assert float(build_loss(outputs)(logits, labels)) == pytest.approx(expected, 1e-6)
+    probs = outputs.probabilities(logits).numpy()
     assert np.allclose(probs[:, 2:5].sum(1), 1.0)
-    cols = objective.columns(probs, [0.5, 0.5, 0.5])
+    cols = outputs.columns(probs, [0.5, 0.5, 0.5])
     assert sorted(cols) == ["pred_a", "pred_b", "pred_severity", "score_a", "score_b",
                             "score_severity_mild", "score_severity_none",
                             "score_severity_severe"]
@@ -91,10 +92,10 @@ def test_category_labels_are_read_as_indices_or_names():
     space = data.label_space_for(cfg)
     batch = pa.table({"id": ["1", "2", "3"], "a": [0, 1, 0], "b": [1, 1, 0],
                       "severity": ["none", "severe", "1"], "path": ["f.csv"] * 3})
-    assert data._wide_labels(batch, space, cfg).tolist() == [[0, 0, 1], [1, 2, 1], [0, 1, 0]]
+    assert data.wide_labels(batch, space, cfg).tolist() == [[0, 0, 1], [1, 2, 1], [0, 1, 0]]
     bad = batch.set_column(3, "severity", pa.array(["none", "extreme", "mild"]))
     with pytest.raises(data.DataError, match=r"f.csv: row with id='2'.*'severity'.*'extreme'"):
-        data._wide_labels(bad, space, cfg)
+        data.wide_labels(bad, space, cfg)
     with pytest.raises(data.DataError, match="label_categories"):
         data.label_space_for(cfg.model_copy(update={"label_categories": {"nope": ["x", "y"]}}))
 
@@ -132,12 +133,12 @@ def test_tabular_model_learns_the_generated_data(head, one_thread):
     space = LabelSpace.from_names(TABULAR_LABELS)
     model = build_model(ModelConfig(kind="mlp", head=head, hidden_size=64, num_layers=2),
                         space, num_features=12)
-    objective = build_objective(space, head)
+    loss_fn = build_loss(OutputSchema(space, head))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for epoch in range(15):
         for i in range(0, 1000, 50):
-            loss = objective.loss(model(features=x[i:i + 50]).logits, y[i:i + 50])
+            loss = loss_fn(model(features=x[i:i + 50]).logits, y[i:i + 50])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -151,15 +152,15 @@ def test_prior_bias_minimizes_the_loss_of_a_constant_prediction(pos_weight):
     labels = torch.zeros(200, 3)
     labels[:10, 0], labels[:100, 1] = 1, 1  # label 2 is never positive
     space = LabelSpace.from_names("xyz")
-    objective = build_objective(space, "linear", pos_weight)
-    bias = objective.prior_bias(labels.sum(0).tolist(), 200)
+    outputs = OutputSchema(space, "linear")
+    bias = prior_bias(outputs, labels.sum(0).tolist(), 200, pos_weight)
     logits = torch.tensor(bias).repeat(200, 1).requires_grad_()
-    objective.loss(logits, labels).backward()
+    build_loss(outputs, pos_weight)(logits, labels).backward()
     # The constant logits that minimize the loss: zero gradient, except where p was clipped.
     assert logits.grad.sum(0)[:2].abs().max() < 1e-6
     expected = np.log(0.05 / 0.95) + (np.log(3.0) if pos_weight else 0.0)
     assert bias[0] == pytest.approx(expected) and bias[2] < -5
-    assert build_objective(SEVERITY, "multi_category").prior_bias([1, 1, 1], 10) is None
+    assert prior_bias(OutputSchema(SEVERITY, "multi_category"), [1, 1, 1], 10) is None
 
 
 @pytest.fixture(scope="module")
