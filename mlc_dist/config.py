@@ -144,6 +144,14 @@ class TrainConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     threshold_beta: float = Field(1.0, gt=0)  # 2 favours recall (F2); also reported when != 1
     folds: int | None = Field(None, ge=2)  # k-fold multilabel-stratified cross-validation
+    fold: int | None = Field(None, ge=0)  # this run validates on fold `fold` of `folds` (cv.py)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "TrainConfig":
+        if self.fold is not None and (not self.folds or self.fold >= self.folds):
+            raise ValueError(f"train.fold ({self.fold}) needs train.folds greater than it "
+                             f"(got {self.folds})")
+        return self
 
 
 class ScalingConfig(_Section):

@@ -6,6 +6,7 @@ Owns the fold loop and the aggregate only; each fold is train.fit on data.prepar
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -13,14 +14,18 @@ import numpy as np
 from mlc_dist import train
 from mlc_dist.config import JobConfig
 
+log = logging.getLogger(__name__)
+
 # Figures aggregated across folds (from each fold's metrics.json "validation" block).
 CV_METRICS = ("mean_auc", "micro_f1", "macro_f1", "micro_f1_tuned", "macro_f1_tuned",
               "samples_f1_tuned", "subset_accuracy_tuned", "hamming_loss_tuned")
 
 
 def fold_job(job: JobConfig, index: int) -> JobConfig:
+    """The run that validates on fold `index` (train.fold) of train.folds: `<name>-fold<i>`."""
     run = job.run.model_copy(update={"name": f"{job.run.name}-fold{index}"})
-    return job.model_copy(update={"run": run})
+    return job.model_copy(update={"run": run,
+                                  "train": job.train.model_copy(update={"fold": index})})
 
 
 def aggregate(fold_summaries: list[dict]) -> dict:
@@ -41,8 +46,8 @@ def cross_validate(job: JobConfig) -> dict:
         raise ValueError("train.folds is not set")
     summaries = []
     for index in range(num_folds):
-        print(f"[mlc-dist] cross-validation fold {index + 1}/{num_folds}", flush=True)
-        summaries.append(train.fit(fold_job(job, index), fold=(index, num_folds)))
+        log.info("cross-validation fold %d/%d", index + 1, num_folds)
+        summaries.append(train.fit(fold_job(job, index)))
     result = {"folds": num_folds, "metrics": aggregate(summaries),
               "runs": [os.path.dirname(s["model_dir"]) for s in summaries],
               "validation_rows": [s["data"]["validation"]["num_rows"] for s in summaries]}

@@ -1,12 +1,11 @@
-"""Ray Train fine-tuning: train_loop_per_worker(config) on each worker, fit(job) on the driver.
+"""One Ray Train worker: train_loop_per_worker(config) and the Worker it drives.
 
-Owns the step loop, evaluation gathering, checkpoints and the final export. Model building,
-parallel wrapping and metrics live in their own modules.
+Owns the step loop, evaluation gathering and checkpoints. Model building is in models/, parallel
+wrapping strategy.py's, the driver side (data, trainer, export) fit.py's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,16 +18,19 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from mlc_dist import data, metrics, strategy
-from mlc_dist.artifacts import ModelMeta, read_meta, save_export
+from mlc_dist import data, logs, metrics, strategy
+from mlc_dist.artifacts import ModelMeta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
-from mlc_dist.losses import build_objective
-from mlc_dist.models import build_model, output_bias, resolve_model_path
+from mlc_dist.losses import build_loss
+from mlc_dist.models import build_model, output_bias
+from mlc_dist.models.outputs import OutputSchema
+from mlc_dist.train.state import StepClock, TrainState
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 VAL_FILE = "validation_predictions.npz"  # probs + labels of the last evaluation, for the report
+PROGRESS_INTERVAL_S = 1.0  # rank 0 sends the driver's progress display at most this often
 
 
 class Collate(NumpyBatchCollateFn):
@@ -39,7 +41,8 @@ class Collate(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         out = {k: torch.from_numpy(v) for k, v in data.pad_batch(batch, self.pad_token_id).items()}
-        out["labels"] = torch.from_numpy(np.asarray(batch[data.LABELS], dtype=np.float32))
+        # np.array copies: Ray hands out read-only views, which torch.from_numpy warns about.
+        out["labels"] = torch.from_numpy(np.array(batch[data.LABELS], dtype=np.float32))
         return out
 
 
@@ -52,7 +55,8 @@ def _gather(array: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int, objective):
+def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world: int,
+             outputs: OutputSchema):
     """Probabilities and labels for the whole validation set, on every rank.
 
     Every rank reads the full (unsplit) validation set and runs the model on every world-th batch,
@@ -70,42 +74,14 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
         num_batches, filler = i + 1, filler or batch
         if i % world != rank:
             continue
-        probs.append(objective.probabilities(forward(batch).float()).cpu().numpy())
+        probs.append(outputs.probabilities(forward(batch).float()).cpu().numpy())
         labels.append(batch["labels"].numpy())
     # ZeRO-3 gathers parameters inside every forward (a collective): all ranks run as many.
     for _ in range(math.ceil(num_batches / world) - len(probs)):
         forward(filler)
     engine.model.train()
     cat = lambda xs, n: np.concatenate(xs) if xs else np.zeros((0, n), np.float32)  # noqa: E731
-    return (_gather(cat(probs, objective.num_outputs)),
-            _gather(cat(labels, len(objective.names))))
-
-
-class StepClock:
-    """Time to the first optimizer step, and throughput after the first `warmup` steps.
-
-    Steady figures sum only the gaps between consecutive steps of one epoch, so evaluation,
-    checkpoints and epoch ends never count as training time.
-    """
-
-    def __init__(self, state: dict, warmup: int):
-        self.state, self.warmup, self.steps, self.mark = state, warmup, 0, None
-        state.update(loop_start_time=time.time(), first_step_time=None, steady_time_s=0.0,
-                     steady_samples=0, steady_tokens=0)
-
-    def epoch_start(self) -> None:
-        self.mark = None
-
-    def step(self) -> None:
-        state, now = self.state, time.time()
-        self.steps += 1
-        if state["first_step_time"] is None:
-            state["first_step_time"] = now
-        if self.mark is not None and self.steps > self.warmup:
-            state["steady_time_s"] += now - self.mark[0]
-            state["steady_samples"] += state["train_samples"] - self.mark[1]
-            state["steady_tokens"] += state["train_tokens"] - self.mark[2]
-        self.mark = (now, state["train_samples"], state["train_tokens"])
+    return (_gather(cat(probs, outputs.num_outputs)), _gather(cat(labels, len(outputs.names))))
 
 
 def train_batches(shard, tcfg, collate: Collate, epoch: int):
@@ -118,145 +94,6 @@ def train_batches(shard, tcfg, collate: Collate, epoch: int):
     windows = shard.iter_batches(batch_size=tcfg.batch_size_per_worker * data.BUCKET_WINDOW_BATCHES,
                                  batch_format="numpy", prefetch_batches=1, **shuffle)
     return map(collate, data.length_buckets(windows, tcfg.batch_size_per_worker, tcfg.seed + epoch))
-
-
-def _save_checkpoint(engine, tokenizer, meta: ModelMeta, state: dict, rank: int,
-                     val_arrays: dict | None = None) -> str:
-    # Every rank writes its part and reports it; Ray merges the parts into one checkpoint.
-    directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
-    weights = engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
-    if rank == 0:  # tokenizer is None for tabular models
-        save_export(os.path.join(directory, "model"), engine.module, tokenizer, meta, weights)
-        torch.save(state, os.path.join(directory, STATE_FILE))
-        if val_arrays:
-            np.savez_compressed(os.path.join(directory, VAL_FILE), **val_arrays)
-    engine.save(directory, rank)
-    torch.save({"torch_rng": torch.get_rng_state()}, os.path.join(directory, f"rng_rank{rank}.pt"))
-    return directory
-
-
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    from transformers import AutoTokenizer, set_seed
-
-    job = JobConfig.model_validate(config["job"])
-    tcfg = job.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    set_seed(tcfg.seed)
-    space = LabelSpace.from_dict(config["label_space"])
-    tokenizer_path = config["tokenizer_path"]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path) if tokenizer_path else None
-    pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-    model = build_model(job.model, space, vocab_size=len(tokenizer) if tokenizer else None,
-                        pad_token_id=pad_token_id, max_length=job.data.max_length,
-                        num_features=len(job.data.feature_columns or []))
-    if config["output_bias"] is not None:  # a checkpoint, when resuming, overwrites it
-        with torch.no_grad():
-            output_bias(model).copy_(torch.tensor(config["output_bias"]))
-    engine = strategy.prepare(model, tcfg, config["num_training_steps"],
-                              job.deepspeed_config() if tcfg.strategy == "deepspeed" else None)
-    objective = build_objective(space, job.model.head, config["pos_weight"]).to(engine.device)
-    meta = ModelMeta(space, [0.5] * len(space), job.data.text_column, job.data.text_pair_column,
-                     job.data.max_length, job.model.name,
-                     {"kind": job.model.kind, "head": job.model.head,
-                      "feature_columns": job.data.feature_columns})
-    collate = Collate(pad_token_id)
-
-    state = {"global_step": 0, "epoch": 0, "batches_done": 0, "history": [], "train_time_s": 0.0,
-             "train_samples": 0, "train_tokens": 0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            engine.load(directory)
-            state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
-            rng_file = os.path.join(directory, f"rng_rank{rank}.pt")
-            if os.path.exists(rng_file):
-                torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
-        state.setdefault("resumed_from", []).append(state["global_step"])
-        if rank == 0:
-            print(f"[mlc-dist] resumed from checkpoint at step {state['global_step']} "
-                  f"(epoch {state['epoch']}, batch {state['batches_done']})", flush=True)
-
-    reported, last_eval = [], {}
-    clock = StepClock(state, tcfg.throughput_warmup_steps)
-
-    def report(eval_metrics: dict) -> None:
-        reported.append(state["global_step"])
-        if eval_metrics:
-            state["history"].append({"step": state["global_step"], **eval_metrics})
-        directory = _save_checkpoint(engine, tokenizer, meta, state, rank,
-                                     last_eval if eval_metrics else None)
-        if tcfg.checkpoint_metric and tcfg.checkpoint_metric not in eval_metrics:
-            # A checkpoint-only report: NaN ranks below every scored one; Ray keeps the latest.
-            eval_metrics = {**eval_metrics, tcfg.checkpoint_metric: float("nan")}
-        ray.train.report({**eval_metrics, "step": state["global_step"], "epoch": state["epoch"]},
-                         checkpoint=ray.train.Checkpoint.from_directory(directory))
-        shutil.rmtree(directory, ignore_errors=True)
-
-    def validate() -> dict:
-        probs, labels = evaluate(engine, val_shard, collate, tcfg.batch_size_per_worker * 2, rank,
-                                 world, objective)
-        if probs.shape != labels.shape:  # multi-category heads: argmax, no thresholds to tune
-            return {f"val_{k}": v for k, v in objective.summary(labels, probs,
-                                                              meta.thresholds).items()}
-        # Identical on every rank (gathered arrays), so the exported thresholds agree.
-        meta.thresholds = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
-                                                  tcfg.threshold_beta, tcfg.threshold)
-        last_eval.update(probs=probs, labels=labels)
-        tuned = metrics.summary(labels, probs, np.asarray(meta.thresholds))
-        return {**{f"val_{k}": v for k, v in metrics.summary(labels, probs, 0.5).items()},
-                "val_micro_f1_tuned": tuned["micro_f1"], "val_macro_f1_tuned": tuned["macro_f1"]}
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
-    total = config["num_training_steps"]
-    engine.model.train()
-    while state["epoch"] < tcfg.epochs and state["global_step"] < total:
-        batches = train_batches(train_shard, tcfg, collate, state["epoch"])
-        start, window_loss, window_n = time.perf_counter(), 0.0, 0
-        clock.epoch_start()
-        for i, batch in enumerate(batches):
-            if i < state["batches_done"]:  # mid-epoch resume: skip what the checkpoint holds
-                continue
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with engine.accumulate():
-                logits = engine.model(**batch).logits  # [B, num_labels]
-                loss = objective.loss(logits.float(), labels)
-                engine.backward(loss)
-            state["batches_done"] += 1
-            state["train_samples"] += len(labels) * world
-            state["train_tokens"] += int(batch.get("attention_mask", labels).sum()) * world
-            window_loss, window_n = window_loss + loss.item(), window_n + 1
-            if not engine.step():
-                continue
-            state["global_step"] += 1
-            clock.step()
-            step = state["global_step"]
-            maybe_inject_fault(step, rank, job.run_dir)
-            if step % tcfg.log_every_steps == 0 or step == total:
-                state["history"].append({"step": step, "loss": window_loss / window_n,
-                                         "lr": engine.lr})
-                if rank == 0:
-                    print(f"[mlc-dist] step {step}/{total} epoch {state['epoch']} "
-                          f"loss {window_loss / window_n:.4f} lr {engine.lr:.2e}", flush=True)
-                window_loss, window_n = 0.0, 0
-            if step >= total:
-                break
-            if tcfg.eval_every_steps and step % tcfg.eval_every_steps == 0:
-                report(validate())
-            elif tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
-                report({})
-        else:
-            if engine.step(flush=True):
-                state["global_step"] += 1
-            state["epoch"] += 1
-            state["batches_done"] = 0
-        state["train_time_s"] += time.perf_counter() - start
-        report(validate())
-    if not reported:  # a rerun of a finished run: report its final state again
-        report(validate())
 
 
 def maybe_inject_fault(step: int, rank: int, run_dir: str) -> None:
@@ -273,146 +110,201 @@ def maybe_inject_fault(step: int, rank: int, run_dir: str) -> None:
         return
     os.makedirs(run_dir, exist_ok=True)
     open(marker, "w").close()
-    print(f"[mlc-dist] fault injection: rank {rank} exits hard at step {step}", flush=True)
+    log.warning("fault injection: rank %d exits hard at step %d", rank, step)
+    logging.shutdown()
     os._exit(1)  # no clean-up, like a preempted machine
 
 
-def count_training_steps(job: JobConfig, num_rows: int) -> int:
-    """Optimizer steps: per epoch each worker sees an equal share of rows (Ray's equal split)."""
-    batches = math.ceil((num_rows // job.scaling.num_workers) / job.train.batch_size_per_worker)
-    per_epoch = max(1, math.ceil(batches / job.train.grad_accum_steps))
-    total = per_epoch * job.train.epochs
-    return min(total, job.train.max_steps) if job.train.max_steps else total
+class Worker:
+    """One rank's run: model, engine, data shards, the TrainState and the checkpoints it reports."""
+
+    def __init__(self, config: dict):
+        import ray.train
+        from transformers import AutoTokenizer, set_seed
+
+        self.job = job = JobConfig.model_validate(config["job"])
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        set_seed(job.train.seed)
+        space = LabelSpace.from_dict(config["label_space"])
+        path = config["tokenizer_path"]
+        self.tokenizer = AutoTokenizer.from_pretrained(path) if path else None  # None: tabular
+        pad_token_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+        model = build_model(job.model, space, vocab_size=len(self.tokenizer) if path else None,
+                            pad_token_id=pad_token_id, max_length=job.data.max_length,
+                            num_features=len(job.data.feature_columns or []))
+        if config["output_bias"] is not None:  # a checkpoint, when resuming, overwrites it
+            with torch.no_grad():
+                output_bias(model).copy_(torch.tensor(config["output_bias"]))
+        self.total_steps = config["num_training_steps"]
+        self.engine = strategy.prepare(model, job.train, self.total_steps,
+                                       job.deepspeed_config() if job.train.strategy == "deepspeed"
+                                       else None)
+        self.outputs = OutputSchema(space, job.model.head)
+        self.loss_fn = build_loss(self.outputs, config["pos_weight"]).to(self.engine.device)
+        self.meta = ModelMeta(space, [0.5] * len(space), job.data.text_column,
+                              job.data.text_pair_column, job.data.max_length, job.model.name,
+                              job.model.kind, job.model.head, job.data.feature_columns)
+        self.collate = Collate(pad_token_id)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("validation")
+        self.progress = config.get("progress") if self.rank == 0 else None
+        self.state = TrainState()
+        self.last_eval: dict = {}  # probs/labels of the latest evaluation, saved for the report
+        self.num_reports = 0
+        self._loss_sum, self._loss_count, self._sent_at = 0.0, 0, 0.0
+
+    def resume(self) -> None:
+        """Load the latest checkpoint Ray hands this attempt, if any."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return
+        with checkpoint.as_directory() as directory:
+            self.engine.load(directory)
+            self.state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE),
+                                                  weights_only=True))
+            rng_file = os.path.join(directory, f"rng_rank{self.rank}.pt")
+            if os.path.exists(rng_file):
+                torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
+        state = self.state
+        state.resumed_from.append(state.global_step)
+        if self.rank == 0:
+            log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state.global_step,
+                     state.epoch, state.batches_done)
+
+    def batches(self):
+        """This epoch's batches not yet trained (a mid-epoch resume skips what it holds)."""
+        done = self.state.batches_done
+        self._loss_sum, self._loss_count = 0.0, 0  # the loss window never spans epochs
+        for i, batch in enumerate(train_batches(self.train_shard, self.job.train, self.collate,
+                                                self.state.epoch)):
+            if i >= done:
+                yield batch
+
+    def train_step(self, batch: dict) -> bool:
+        """Forward and backward of one micro-batch; True when it completed an optimizer step."""
+        engine, state = self.engine, self.state
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        with engine.accumulate():
+            logits = engine.model(**batch).logits  # [B, num_outputs]
+            loss = self.loss_fn(logits.float(), labels)
+            engine.backward(loss)
+        state.batches_done += 1
+        state.train_samples += len(labels) * self.world
+        state.train_tokens += int(batch.get("attention_mask", labels).sum()) * self.world
+        self._loss_sum, self._loss_count = self._loss_sum + loss.item(), self._loss_count + 1
+        if not engine.step():
+            return False
+        state.global_step += 1
+        return True
+
+    def end_epoch(self) -> None:
+        if self.engine.step(flush=True):  # a partial accumulation window at the epoch's end
+            self.state.global_step += 1
+        self.state.epoch += 1
+        self.state.batches_done = 0
+
+    def log_step(self) -> None:
+        """Record the mean loss since the last log step (every log_every_steps, and the last)."""
+        state = self.state
+        if state.global_step % self.job.train.log_every_steps and state.global_step < \
+                self.total_steps:
+            self.send_progress()
+            return
+        loss = self._loss_sum / max(self._loss_count, 1)
+        state.history.append({"step": state.global_step, "loss": loss, "lr": self.engine.lr})
+        self._loss_sum, self._loss_count = 0.0, 0
+        self.send_progress(loss=loss, lr=self.engine.lr, force=True)
+
+    def send_progress(self, force: bool = False, **fields) -> None:
+        """Rank 0 -> the driver's progress display; fire-and-forget, at most once a second."""
+        if self.progress is None or not (force or time.monotonic() - self._sent_at >
+                                         PROGRESS_INTERVAL_S):
+            return
+        self._sent_at = time.monotonic()
+        s = self.state
+        self.progress.push.remote({"step": s.global_step, "total": self.total_steps,
+                                   "epoch": s.epoch, "samples": s.train_samples, **fields})
+
+    def validate(self) -> dict:
+        """val_* metrics on the whole validation set; tunes the thresholds the export stores."""
+        tcfg = self.job.train
+        probs, labels = evaluate(self.engine, self.val_shard, self.collate,
+                                 tcfg.batch_size_per_worker * 2, self.rank, self.world,
+                                 self.outputs)
+        if not self.outputs.is_binary:  # multi-category heads: argmax, no thresholds to tune
+            figures = metrics.head_summary(self.outputs, labels, probs, self.meta.thresholds)
+            return {f"val_{k}": v for k, v in figures.items()}
+        # Identical on every rank (gathered arrays), so the exported thresholds agree.
+        self.meta.thresholds = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
+                                                       tcfg.threshold_beta, tcfg.threshold)
+        self.last_eval = {"probs": probs, "labels": labels}
+        tuned = metrics.summary(labels, probs, np.asarray(self.meta.thresholds))
+        return {**{f"val_{k}": v for k, v in metrics.summary(labels, probs, 0.5).items()},
+                "val_micro_f1_tuned": tuned["micro_f1"], "val_macro_f1_tuned": tuned["macro_f1"]}
+
+    def report(self, eval_metrics: dict) -> None:
+        """Checkpoint (every rank writes its part) and report to Ray Train (every rank)."""
+        import ray.train
+
+        state, tcfg = self.state, self.job.train
+        self.num_reports += 1
+        if eval_metrics:
+            state.history.append({"step": state.global_step, **eval_metrics})
+            self.send_progress(force=True, **{k: v for k, v in eval_metrics.items()
+                                              if isinstance(v, (int, float))})
+        directory = self.save_checkpoint(self.last_eval if eval_metrics else None)
+        if tcfg.checkpoint_metric and tcfg.checkpoint_metric not in eval_metrics:
+            # A checkpoint-only report: NaN ranks below every scored one; Ray keeps the latest.
+            eval_metrics = {**eval_metrics, tcfg.checkpoint_metric: float("nan")}
+        ray.train.report({**eval_metrics, "step": state.global_step, "epoch": state.epoch},
+                         checkpoint=ray.train.Checkpoint.from_directory(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def save_checkpoint(self, val_arrays: dict | None) -> str:
+        directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
+        weights = self.engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
+        if self.rank == 0:
+            save_export(os.path.join(directory, "model"), self.engine.module, self.tokenizer,
+                        self.meta, weights)
+            torch.save(self.state.state_dict(), os.path.join(directory, STATE_FILE))
+            if val_arrays:
+                np.savez_compressed(os.path.join(directory, VAL_FILE), **val_arrays)
+        self.engine.save(directory, self.rank)
+        torch.save({"torch_rng": torch.get_rng_state()},
+                   os.path.join(directory, f"rng_rank{self.rank}.pt"))
+        return directory
 
 
-def _tokenizer_path(job: JobConfig, prepared: data.Prepared) -> str | None:
-    """The checkpoint's tokenizer (hf), the given or a newly trained WordPiece one (encoder), or
-    none (mlp). A trained tokenizer is saved under the run folder and reused by a rerun."""
-    if job.model.kind == "mlp":
-        return None
-    if job.model.kind == "hf":
-        return resolve_model_path(job.model.name)
-    if job.model.tokenizer:
-        return job.model.tokenizer
-    from mlc_dist.models.encoder import train_tokenizer
-
-    path = os.path.abspath(os.path.join(job.run_dir, "tokenizer"))
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        texts = (t for b in prepared.train.select_columns([data.TEXT]).iter_batches(
-            batch_size=4096, batch_format="numpy") for t in b[data.TEXT])
-        train_tokenizer(texts, job.model.vocab_size, path, job.data.max_length)
-        print(f"[mlc-dist] trained a WordPiece tokenizer ({job.model.vocab_size} tokens) on "
-              f"{job.data.train} -> {path}", flush=True)
-    return path
-
-
-def fit(job: JobConfig, fold: tuple[int, int] | None = None) -> dict:
-    """Prepare data, run the TorchTrainer, export the model, write metrics.json and the report.
-
-    `fold=(i, k)` validates on fold i of a k-fold stratified split of data.train (cv.py).
-    """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from mlc_dist.runs import claim_run_dir
-    from mlc_dist.runtime import init_ray
-
-    claim_run_dir(job)  # a rerun with other settings moves the old run aside instead of resuming
-    init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
-    prepared = data.prepare(job.data, job.train.seed, fold)
-    tokenizer_path = _tokenizer_path(job, prepared)
-    datasets = {name: data.encode(ds, job.data, tokenizer_path, job.data.max_length,
-                                  keep=[data.LABELS])
-                for name, ds in (("train", prepared.train), ("validation", prepared.validation))}
-    num_steps = count_training_steps(job, prepared.train_stats.num_rows)
-    print(f"[mlc-dist] {prepared.train_stats.num_rows} training rows, "
-          f"{prepared.validation_stats.num_rows} validation rows, {len(prepared.label_space)} "
-          f"labels, {num_steps} optimizer steps on {job.scaling.num_workers} worker(s)", flush=True)
-    run_dir = os.path.abspath(job.run_dir)
-    pos_weight = prepared.pos_weight(job.train.pos_weight_max) if job.train.pos_weight else None
-    bias = build_objective(prepared.label_space, job.model.head, pos_weight).prior_bias(
-        prepared.train_stats.positives, prepared.train_stats.num_rows) \
-        if job.train.output_bias_init == "prior" else None
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = True
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "job": job.model_dump(),
-            "label_space": prepared.label_space.to_dict(),
-            "num_training_steps": num_steps,
-            "tokenizer_path": tokenizer_path,
-            "pos_weight": pos_weight,
-            "output_bias": bias,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
-            resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=job.run.name, storage_path=os.path.abspath(job.run.output_dir),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=job.train.num_checkpoints_to_keep,
-                checkpoint_score_attribute=job.train.checkpoint_metric,
-                checkpoint_score_order=job.train.checkpoint_mode),
-            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
-            # Drills and DeepSpeed settings from the driver's environment reach the workers.
-            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                             if k.startswith(("MLC_DIST_", "DS_"))}}),
-        datasets=datasets,
-        # preserve_order: the same rows reach the same worker in the same order on every run, so
-        # skipping `batches_done` on resume continues the trajectory instead of reshuffling it.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                            execution_options={"train": ingest}),
-    )
-    started, started_at = time.perf_counter(), time.time()
-    result = trainer.fit()
-    wall = time.perf_counter() - started
-    with result.checkpoint.as_directory() as directory:
-        state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
-        export_dir = os.path.join(run_dir, "model")
-        shutil.rmtree(export_dir, ignore_errors=True)
-        shutil.copytree(os.path.join(directory, "model"), export_dir)
-        # Binary heads leave the last validation's predictions for the report; category heads not.
-        val_file = os.path.join(directory, VAL_FILE)
-        val = dict(np.load(val_file)) if os.path.exists(val_file) else None
-    final = result.metrics
-    thresholds = read_meta(export_dir).thresholds
-    evaluation = metrics.report(val["labels"], val["probs"], thresholds,
-                                prepared.label_space.names, job.train.threshold_beta) if val else None
-    summary = {
-        **{k: v for k, v in final.items() if k.startswith("val_")},
-        "steps": state["global_step"],
-        "epochs_completed": state["epoch"],
-        "train_samples": state["train_samples"],
-        "train_samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
-        "train_tokens_per_s": state["train_tokens"] / max(state["train_time_s"], 1e-9),
-        "wall_time_s": wall,
-        # From trainer.fit() (worker start, model load, first batches) to the first optimizer step.
-        "time_to_first_step_s": state["first_step_time"] - started_at
-        if state.get("first_step_time") else None,
-        "steady_samples_per_s": state["steady_samples"] / state["steady_time_s"]
-        if state.get("steady_time_s") else None,
-        "steady_tokens_per_s": state["steady_tokens"] / state["steady_time_s"]
-        if state.get("steady_time_s") else None,
-        "throughput_warmup_steps": job.train.throughput_warmup_steps,
-        "num_workers": job.scaling.num_workers,
-        "data": {"train": prepared.train_stats.to_dict(),
-                 "validation": prepared.validation_stats.to_dict(),
-                 "labels": list(prepared.label_space.names)},
-        "history": state["history"],
-        "resumed_from": state.get("resumed_from", []),  # steps this run restarted from
-        "model_dir": export_dir,
-        "thresholds": thresholds,
-        "validation": evaluation,
-    }
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    if val is None:
-        return summary
-    from mlc_dist.report import write_report
-
-    summary["report"] = write_report(
-        os.path.join(run_dir, "report"), f"{job.run.name}: validation", evaluation, val["labels"],
-        val["probs"], {"train": prepared.train_stats.positives,
-                    "validation": prepared.validation_stats.positives}, state["history"])
-    return summary
+def train_loop_per_worker(config: dict) -> None:
+    logs.configure(config.get("verbosity", 0))
+    w = Worker(config)
+    w.resume()
+    state, tcfg = w.state, w.job.train
+    clock = StepClock(state, tcfg.throughput_warmup_steps)
+    w.engine.model.train()
+    while state.epoch < tcfg.epochs and state.global_step < w.total_steps:
+        start = time.perf_counter()
+        clock.epoch_start()
+        for batch in w.batches():
+            if not w.train_step(batch):
+                continue  # inside a gradient accumulation window
+            clock.step()
+            step = state.global_step
+            maybe_inject_fault(step, w.rank, w.job.run_dir)
+            w.log_step()
+            if step >= w.total_steps:
+                break
+            if tcfg.eval_every_steps and step % tcfg.eval_every_steps == 0:
+                w.report(w.validate())
+            elif tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
+                w.report({})
+        else:
+            w.end_epoch()
+        state.train_time_s += time.perf_counter() - start
+        w.report(w.validate())
+    if not w.num_reports:  # a rerun of a finished run: report its final state again
+        w.report(w.validate())

@@ -1,0 +1,208 @@
+"""fit(job) on the driver: prepare data, run the TorchTrainer, export the model, write metrics.
+
+Owns the driver side of a training run only; what each worker does is worker.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mlc_dist import data, logs, metrics, progress
+from mlc_dist.artifacts import read_meta
+from mlc_dist.config import JobConfig
+from mlc_dist.losses import prior_bias
+from mlc_dist.models import resolve_model_path
+from mlc_dist.models.outputs import OutputSchema
+from mlc_dist.train.state import TrainState
+from mlc_dist.train.worker import STATE_FILE, VAL_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def count_training_steps(job: JobConfig, num_rows: int) -> int:
+    """Optimizer steps: per epoch each worker sees an equal share of rows (Ray's equal split)."""
+    batches = math.ceil((num_rows // job.scaling.num_workers) / job.train.batch_size_per_worker)
+    per_epoch = max(1, math.ceil(batches / job.train.grad_accum_steps))
+    total = per_epoch * job.train.epochs
+    return min(total, job.train.max_steps) if job.train.max_steps else total
+
+
+def _tokenizer_path(job: JobConfig, prepared: data.Prepared) -> str | None:
+    """The checkpoint's tokenizer (hf), the given or a newly trained WordPiece one (encoder), or
+    none (mlp). A trained tokenizer is saved under the run folder and reused by a rerun."""
+    if job.model.kind == "mlp":
+        return None
+    if job.model.kind == "hf":
+        return resolve_model_path(job.model.name)
+    if job.model.tokenizer:
+        return job.model.tokenizer
+    from mlc_dist.models.encoder import train_tokenizer
+
+    path = os.path.abspath(os.path.join(job.run_dir, "tokenizer"))
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        texts = (t for b in prepared.train.select_columns([data.TEXT]).iter_batches(
+            batch_size=4096, batch_format="numpy") for t in b[data.TEXT])
+        train_tokenizer(texts, job.model.vocab_size, path, job.data.max_length)
+        log.info("trained a WordPiece tokenizer (%d tokens) on %s -> %s", job.model.vocab_size,
+                 job.data.train, path)
+    return path
+
+
+@dataclass
+class Inputs:
+    """What the workers get: the prepared data, its model inputs and the numbers derived from it."""
+
+    prepared: data.Prepared
+    tokenizer_path: str | None
+    datasets: dict
+    num_steps: int
+    pos_weight: list[float] | None
+    output_bias: list[float] | None
+
+
+def prepare_inputs(job: JobConfig) -> Inputs:
+    t = job.train
+    fold = (t.fold, t.folds) if t.fold is not None else None
+    prepared = data.prepare(job.data, t.seed, fold)
+    tokenizer_path = _tokenizer_path(job, prepared)
+    datasets = {name: data.encode(ds, job.data, tokenizer_path, job.data.max_length,
+                                  keep=[data.LABELS])
+                for name, ds in (("train", prepared.train), ("validation", prepared.validation))}
+    num_steps = count_training_steps(job, prepared.train_stats.num_rows)
+    log.info("%d training rows, %d validation rows, %d labels, %d optimizer steps on %d "
+             "worker(s)", prepared.train_stats.num_rows, prepared.validation_stats.num_rows,
+             len(prepared.label_space), num_steps, job.scaling.num_workers)
+    pos_weight = prepared.pos_weight(t.pos_weight_max) if t.pos_weight else None
+    bias = prior_bias(OutputSchema(prepared.label_space, job.model.head),
+                      prepared.train_stats.positives, prepared.train_stats.num_rows,
+                      pos_weight) if t.output_bias_init == "prior" else None
+    return Inputs(prepared, tokenizer_path, datasets, num_steps, pos_weight, bias)
+
+
+def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    ingest = ray.train.DataConfig.default_ingest_options()
+    # The same rows reach the same worker in the same order on every run, so skipping
+    # `batches_done` on resume continues the trajectory instead of reshuffling it.
+    ingest.preserve_order = True
+    t = job.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job.model_dump(),
+            "label_space": inputs.prepared.label_space.to_dict(),
+            "num_training_steps": inputs.num_steps,
+            "tokenizer_path": inputs.tokenizer_path,
+            "pos_weight": inputs.pos_weight,
+            "output_bias": inputs.output_bias,
+            "progress": progress_sink,
+            "verbosity": logs.verbosity(),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=job.run.name, storage_path=os.path.abspath(job.run.output_dir),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.num_checkpoints_to_keep, checkpoint_score_attribute=t.checkpoint_metric,
+                checkpoint_score_order=t.checkpoint_mode),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            # Drills and DeepSpeed settings from the driver's environment reach the workers.
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                             if k.startswith(("MLC_DIST_", "DS_"))}}),
+        datasets=inputs.datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options={"train": ingest}),
+    )
+
+
+def export_checkpoint(checkpoint, run_dir: str) -> tuple[TrainState, str, dict | None]:
+    """Copy the checkpoint's model to <run_dir>/model; (its TrainState, that folder, the last
+    validation's probs/labels, which only binary heads leave)."""
+    state = TrainState()
+    with checkpoint.as_directory() as directory:
+        state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
+        export_dir = os.path.join(run_dir, "model")
+        shutil.rmtree(export_dir, ignore_errors=True)
+        shutil.copytree(os.path.join(directory, "model"), export_dir)
+        val_file = os.path.join(directory, VAL_FILE)
+        val = dict(np.load(val_file)) if os.path.exists(val_file) else None
+    return state, export_dir, val
+
+
+def _per_s(amount: float, seconds: float | None) -> float | None:
+    return amount / seconds if seconds else None
+
+
+def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, final: dict,
+              timing: dict, export_dir: str, thresholds: list[float],
+              evaluation: dict | None) -> dict:
+    """metrics.json: final val_* figures, throughput, data statistics and the history."""
+    return {
+        **{k: v for k, v in final.items() if k.startswith("val_")},
+        "steps": state.global_step,
+        "epochs_completed": state.epoch,
+        "train_samples": state.train_samples,
+        "train_samples_per_s": state.train_samples / max(state.train_time_s, 1e-9),
+        "train_tokens_per_s": state.train_tokens / max(state.train_time_s, 1e-9),
+        "wall_time_s": timing["wall"],
+        # From trainer.fit() (worker start, model load, first batches) to the first optimizer step.
+        "time_to_first_step_s": state.first_step_time - timing["started_at"]
+        if state.first_step_time else None,
+        "steady_samples_per_s": _per_s(state.steady_samples, state.steady_time_s),
+        "steady_tokens_per_s": _per_s(state.steady_tokens, state.steady_time_s),
+        "throughput_warmup_steps": job.train.throughput_warmup_steps,
+        "num_workers": job.scaling.num_workers,
+        "data": {"train": prepared.train_stats.to_dict(),
+                 "validation": prepared.validation_stats.to_dict(),
+                 "labels": list(prepared.label_space.names)},
+        "history": state.history,
+        "resumed_from": state.resumed_from,
+        "model_dir": export_dir,
+        "thresholds": thresholds,
+        "validation": evaluation,
+    }
+
+
+def fit(job: JobConfig) -> dict:
+    """Train `job` (validating on fold `train.fold` of `train.folds` when set), export the model,
+    write metrics.json and the report; returns the metrics."""
+    from mlc_dist.runs import claim_run_dir
+    from mlc_dist.runtime import init_ray
+
+    claim_run_dir(job)  # a rerun with other settings moves the old run aside instead of resuming
+    init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
+    inputs = prepare_inputs(job)
+    prepared, run_dir = inputs.prepared, os.path.abspath(job.run_dir)
+    started, started_at = time.perf_counter(), time.time()
+    with progress.training(inputs.num_steps) as sink:
+        result = build_trainer(job, inputs, sink).fit()
+    timing = {"wall": time.perf_counter() - started, "started_at": started_at}
+    state, export_dir, val = export_checkpoint(result.checkpoint, run_dir)
+    thresholds = read_meta(export_dir).thresholds
+    evaluation = metrics.report(val["labels"], val["probs"], thresholds,
+                                prepared.label_space.names, job.train.threshold_beta) if val else None
+    summary = summarize(job, prepared, state, result.metrics, timing, export_dir, thresholds,
+                        evaluation)
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if val is None:
+        return summary
+    from mlc_dist.report import write_report
+
+    summary["report"] = write_report(
+        os.path.join(run_dir, "report"), f"{job.run.name}: validation", evaluation, val["labels"],
+        val["probs"], {"train": prepared.train_stats.positives,
+                       "validation": prepared.validation_stats.positives}, state.history)
+    return summary

@@ -1,0 +1,64 @@
+"""TrainState: where one run's loop is and what it has seen, saved in every checkpoint.
+
+Plain numbers and lists only (checkpoints load with `torch.load(weights_only=True)`); the weights
+and optimizer state are the engine's (strategy.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batches_done: int = 0  # micro-batches of the current epoch already trained (resume skips them)
+    train_time_s: float = 0.0
+    train_samples: int = 0  # global: every worker's rows
+    train_tokens: int = 0  # global: real (unpadded) tokens
+    history: list[dict] = field(default_factory=list)  # loss/lr at log steps, val_* at evaluations
+    resumed_from: list[int] = field(default_factory=list)  # steps this run restarted from
+    # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
+    loop_start_time: float | None = None
+    first_step_time: float | None = None
+    steady_time_s: float = 0.0
+    steady_samples: int = 0
+    steady_tokens: int = 0
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in state:
+                setattr(self, f.name, state[f.name])
+
+
+class StepClock:
+    """Time to the first optimizer step, and throughput after the first `warmup` steps.
+
+    Steady figures sum only the gaps between consecutive steps of one epoch, so evaluation,
+    checkpoints and epoch ends never count as training time.
+    """
+
+    def __init__(self, state: TrainState, warmup: int):
+        self.state, self.warmup, self.steps, self.mark = state, warmup, 0, None
+        state.loop_start_time, state.first_step_time = time.time(), None
+        state.steady_time_s, state.steady_samples, state.steady_tokens = 0.0, 0, 0
+
+    def epoch_start(self) -> None:
+        self.mark = None
+
+    def step(self) -> None:
+        state, now = self.state, time.time()
+        self.steps += 1
+        if state.first_step_time is None:
+            state.first_step_time = now
+        if self.mark is not None and self.steps > self.warmup:
+            state.steady_time_s += now - self.mark[0]
+            state.steady_samples += state.train_samples - self.mark[1]
+            state.steady_tokens += state.train_tokens - self.mark[2]
+        self.mark = (now, state.train_samples, state.train_tokens)
