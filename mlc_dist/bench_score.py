@@ -81,15 +81,15 @@ class PeakRss:
 
 
 def run_ours(model_dir: str, input_path: str, output: str, batch_size: int):
-    from mlc_dist import nightly
+    from mlc_dist import scoring
 
     job = validate_job({"run": {"name": "bench-score"}, "data": {"id_columns": ["id"]},
                         "score": {"input": input_path, "output": output, "model": model_dir,
                                   "batch_size": batch_size}})
     started = time.perf_counter()
-    summary = nightly.run(job, overwrite=True)
+    summary = scoring.run(job, overwrite=True)
     seconds = time.perf_counter() - started
-    table = nightly.read_scores(output)
+    table = scoring.read_scores(output)
     order = np.argsort(np.asarray(table.column("id").to_pylist(), dtype=np.int64))
     cols = [c for c in table.column_names if c.startswith("score_")]
     return seconds, np.stack([table.column(c).to_numpy() for c in cols], axis=1)[order], summary

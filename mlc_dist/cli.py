@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Distributed multi-label text classification on Ray.")
+                  help="Distributed multi-label text classification on Ray. "
+                       "-q/--quiet: warnings and results only; -v/--verbose: debug lines and "
+                       "every library's own output.")
 
 JobArg = Annotated[str, typer.Argument(help="Job YAML file")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: KEY=VALUE (dotted)")]
@@ -38,7 +39,7 @@ EXIT_USER_ERROR, EXIT_AUDIT_FAILED = 2, 3
 
 
 def _run(fn):
-    from mlc_dist.nightly import AuditError
+    from mlc_dist.scoring import AuditError
 
     try:
         return fn()
@@ -54,31 +55,37 @@ def _run(fn):
 
 
 @app.command()
-def train(job: JobArg, set_: SetOpt = None):
+def train(job: JobArg, set_: SetOpt = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")]
+          = False):
     """Fine-tune on a Ray cluster (local if none) and export the model."""
     from mlc_dist.config import load_job
-    from mlc_dist.train import fit
+    from mlc_dist.report import run_summary
 
     def go():
         loaded = load_job(job, set_)
-        if loaded.train.folds:
+        if loaded.train.folds and loaded.train.fold is None:
             from mlc_dist.cv import cross_validate
 
             typer.echo(json.dumps(cross_validate(loaded), indent=2))
             return
+        from mlc_dist.train import fit
+
         summary = fit(loaded)
-        # Validation keys differ by head (multi-category labels report category accuracy).
-        shown = {k: v for k, v in summary.items() if k.startswith("val_") or k in (
-            "steps", "train_samples_per_s", "wall_time_s", "model_dir", "report")}
-        typer.echo(json.dumps(shown, indent=2))
+        typer.echo(json.dumps(summary_keys(summary), indent=2) if as_json else
+                   run_summary(summary))
 
     _run(go)
 
 
+def summary_keys(summary: dict) -> dict:
+    # Validation keys differ by head (multi-category labels report category accuracy).
+    return {k: v for k, v in summary.items() if k.startswith("val_") or k in (
+        "steps", "train_samples_per_s", "wall_time_s", "model_dir", "report")}
+
+
 @app.command()
 def score(job: JobArg, set_: SetOpt = None,
-          input: Annotated[Optional[list[str]], typer.Option(help="Override score.input")] = None,
-          output: Annotated[Optional[str], typer.Option(help="Override score.output")] = None,
           date: Annotated[Optional[str], typer.Option(
               help="Partition YYYY-MM-DD, substituted for {date} in score.input/output")] = None,
           overwrite: Annotated[bool, typer.Option(
@@ -86,26 +93,26 @@ def score(job: JobArg, set_: SetOpt = None,
           )] = False):
     """Score Parquet/CSV/JSONL with an exported model; one committed Parquet part per input file.
 
+    Input and output come from the job (score.input, score.output), or `--set score.input=...`.
     Exit codes: 0 done (or already complete), 1 unexpected failure, 2 user/config/data error,
     3 audit failed (rows unaccounted for, scores out of range, committed part changed).
     """
     from mlc_dist.config import load_job
-    from mlc_dist.score import run
+    from mlc_dist.scoring import run
 
-    _run(lambda: typer.echo(json.dumps(run(load_job(job, set_), input, output, date=date,
-                                           overwrite=overwrite), indent=2)))
+    _run(lambda: typer.echo(json.dumps(run(load_job(job, set_), date=date, overwrite=overwrite),
+                                       indent=2)))
 
 
 @app.command()
-def evaluate(job: JobArg, set_: SetOpt = None,
-             input: Annotated[Optional[list[str]], typer.Option(help="Override evaluate.input")] = None,
-             output: Annotated[Optional[str], typer.Option(help="Override evaluate.output")] = None):
-    """Score a labelled set; write metrics.json, per_label.csv/.md and report/; print the table."""
+def evaluate(job: JobArg, set_: SetOpt = None):
+    """Score a labelled set (evaluate.input); write metrics.json, per_label.csv/.md and report/;
+    print the table."""
     from mlc_dist.config import load_job
     from mlc_dist.evaluate import run
     from mlc_dist.report import to_text
 
-    summary = _run(lambda: run(load_job(job, set_), input, output))
+    summary = _run(lambda: run(load_job(job, set_)))
     typer.echo(to_text(summary))
     typer.echo(f"written to {summary['output']} (report: {summary['report']})")
 
@@ -256,10 +263,17 @@ def bench_score(rows: Annotated[int, typer.Option(
                                                  files))))
 
 
+#: Accepted anywhere on the line (click takes a group's options only before the command).
+_VERBOSITY_FLAGS = {"-q": -1, "--quiet": -1, "-v": 1, "--verbose": 1}
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    app()
+    from mlc_dist import logs
+
+    args = sys.argv[1:]
+    flags = [a for a in args if a in _VERBOSITY_FLAGS]
+    logs.configure(min(_VERBOSITY_FLAGS[f] for f in flags) if flags else None)
+    app(args=[a for a in args if a not in _VERBOSITY_FLAGS], prog_name="mlc-dist")
 
 
 if __name__ == "__main__":

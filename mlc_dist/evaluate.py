@@ -1,6 +1,6 @@
 """Evaluate an exported model on a labelled set: metrics.json, per-label CSV/Markdown, report.
 
-Owns the evaluate command only: reading is data.py's, inference is score.py's Scorer, numbers are
+Owns the evaluate command only: reading is data/'s, inference the scoring pipeline's, numbers
 metrics.py's and plots report.py's.
 """
 
@@ -12,16 +12,15 @@ import os
 
 import numpy as np
 
-from mlc_dist import data, metrics, report, score
+from mlc_dist import data, metrics, report
 from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfig
 
 log = logging.getLogger(__name__)
 
 
-def collect(scored, names) -> tuple[np.ndarray, np.ndarray]:
+def collect(scored, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probs) [N, num_labels] from a scored dataset that kept the labels column."""
-    columns = score.score_columns(names)
     labels, probs = [], []
     for batch in scored.iter_batches(batch_size=4096, batch_format="numpy"):
         labels.append(np.asarray(batch[data.LABELS], dtype=np.float32))
@@ -31,12 +30,13 @@ def collect(scored, names) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(labels), np.concatenate(probs)
 
 
-def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
+def run(job: JobConfig) -> dict:
     """Score `evaluate.input` with `score.model` and write metrics at 0.5 and stored thresholds."""
     from mlc_dist.runtime import init_ray
+    from mlc_dist.scoring import score_dataset
 
-    input_paths = input_paths or job.evaluate.input
-    output = os.path.abspath(output or job.evaluate.output or os.path.join(job.run_dir, "evaluation"))
+    input_paths = job.evaluate.input
+    output = os.path.abspath(job.evaluate.output or os.path.join(job.run_dir, "evaluation"))
     if not input_paths:
         raise ValueError("evaluate.input must be set (a labelled file in the data.* layout)")
     model_dir = job.score_model
@@ -50,13 +50,13 @@ def run(job: JobConfig, input_paths=None, output: str | None = None) -> dict:
         labels_table, num_unscored = data.drop_unscored(
             data.read_label_table(job.evaluate.labels, cfg), names)
         if num_unscored:
-            print(f"[mlc-dist] skipped {num_unscored} rows of {job.evaluate.labels} whose labels "
-                  f"are -1 (not scored)", flush=True)
+            log.info("skipped %d rows of %s whose labels are -1 (not scored)", num_unscored,
+                     job.evaluate.labels)
     ds = data.read_labelled(input_paths, cfg, meta.label_space, labels_table=labels_table,
                             skip_unlabelled=labels_table is not None)
-    scored = score.score_dataset(job, ds, model_dir, meta.max_length, [data.LABELS],
-                                 job.evaluate.batch_size)
-    labels, probs = collect(scored, names)
+    scored = score_dataset(job, ds, model_dir, meta.max_length, [data.LABELS],
+                           job.evaluate.batch_size)
+    labels, probs = collect(scored, meta.outputs.score_columns())
     evaluation = metrics.report(labels, probs, meta.thresholds, names, job.train.threshold_beta)
     os.makedirs(output, exist_ok=True)
     summary = {**evaluation, "model": model_dir, "input": input_paths,

@@ -58,6 +58,28 @@ def to_text(evaluation: dict) -> str:
             f"thresholds, else at 0.5)")
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def run_summary(summary: dict) -> str:
+    """What a training run ends with on the terminal: how it went and where its outputs are."""
+    figures = [f"{name} {summary[key]:.3f}" for key, name in (
+        ("val_mean_auc", "mean AUC"), ("val_micro_f1_tuned", "micro F1 (tuned)"),
+        ("val_macro_f1_tuned", "macro F1 (tuned)"), ("val_category_accuracy", "category accuracy"))
+        if summary.get(key) is not None]
+    run_dir = os.path.dirname(summary["model_dir"])
+    lines = [f"trained {summary['steps']} steps in {_duration(summary['wall_time_s'])} "
+             f"({summary['train_samples_per_s']:.1f} samples/s)",
+             f"validation: {', '.join(figures) or 'no figures'}",
+             f"model:   {summary['model_dir']}",
+             f"metrics: {os.path.join(run_dir, 'metrics.json')}"]
+    if summary.get("report"):
+        lines.append(f"report:  {summary['report']}")
+    return "\n".join(lines)
+
+
 def _grid(n: int, cols: int = 6, size: float = 2.4):
     cols = min(cols, n)
     rows = math.ceil(n / cols)

@@ -1,7 +1,8 @@
-"""Batch inference with Ray Data: read -> check text (tasks) -> tokenize (tasks) -> Scorer (actor
-pool). The per-input-file commit, manifest and audit live in nightly.py.
+"""The scoring pipeline in Ray Data: rows -> check text (tasks) -> tokenize (tasks) -> Scorer
+(actor pool), lazily. Shared by nightly scoring (nightly.py) and evaluation.
 
-Owns scoring only; the model folder format is artifacts.py's, file layouts are data.py's.
+Owns inference only: committing output is commit.py's, the model folder format artifacts.py's,
+file layouts data/'s, what the outputs mean the output schema's (models/outputs.py).
 """
 
 from __future__ import annotations
@@ -17,18 +18,9 @@ import torch
 from mlc_dist import data
 from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import JobConfig
-from mlc_dist.losses import build_objective
-from mlc_dist.textcheck import OK, REASON, SCORED, CheckText
+from mlc_dist.scoring.textcheck import OK, REASON, SCORED, CheckText
 
 log = logging.getLogger(__name__)
-
-
-def score_columns(names) -> list[str]:
-    return [f"score_{n}" for n in names]
-
-
-def pred_columns(names) -> list[str]:
-    return [f"pred_{n}" for n in names]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -49,7 +41,8 @@ class Scorer:
 
     Each incoming batch is a window: its rows are ordered by length and run in sub-batches of
     `batch_size`, each padded to its own longest row, then put back in the window's order. Rows
-    whose `_reason` says not to score get NaN scores (the job quarantines them).
+    whose `_reason` says not to score get NaN scores (the job quarantines them). The
+    `passthrough` columns (ids, and `_reason` when the caller wants it back) are copied as is.
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
@@ -66,13 +59,13 @@ class Scorer:
             resolve_precision(precision, self.device))
         self.passthrough, self.batch_size = passthrough, batch_size
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
-        self.objective = build_objective(self.meta.label_space, self.meta.extra.get("head", "linear"))
+        self.outputs = self.meta.outputs
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = [k for k in ("input_ids", "token_type_ids", data.FEATURES) if k in batch]
         num_rows = len(batch[inputs[0]])
-        probs = np.full((num_rows, self.objective.num_outputs), np.nan, dtype=np.float32)
+        probs = np.full((num_rows, self.outputs.num_outputs), np.nan, dtype=np.float32)
         todo = np.arange(num_rows) if REASON not in batch else np.flatnonzero(
             np.isin(batch[REASON], SCORED))
         if "input_ids" in batch:  # order by length so each sub-batch pads to its own longest row
@@ -83,9 +76,7 @@ class Scorer:
             rows = todo[start:start + self.batch_size]
             probs[rows] = self._forward({k: batch[k][rows] for k in inputs})
         out = {c: batch[c] for c in self.passthrough}
-        if REASON in batch:
-            out[REASON] = batch[REASON]
-        out.update(self.objective.columns(probs, self.thresholds))
+        out.update(self.outputs.columns(probs, self.thresholds))
         return out
 
     def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
@@ -94,7 +85,7 @@ class Scorer:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
             logits = self.model(**inputs).logits
-        return self.objective.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
+        return self.outputs.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -123,8 +114,8 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
         check = CheckText(meta.text_column, passthrough, sc.on_bad_text, sc.on_long_text,
                           sc.max_chars, meta.text_pair_column)
         raw = raw.map_batches(check, batch_format="pyarrow")
-    passthrough = [*passthrough, REASON]
-    return score_dataset(job, raw, model_dir, meta.max_length, passthrough, sc.batch_size)
+    return score_dataset(job, raw, model_dir, meta.max_length, [*passthrough, REASON],
+                         sc.batch_size)
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
@@ -133,16 +124,9 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
     sc = job.score
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     threads = sc.threads_per_actor or max(1, (os.cpu_count() or 1) // sc.num_actors)
-    passthrough = [c for c in passthrough if c != REASON]  # the Scorer keeps _reason itself
     return ds.map_batches(
         Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
 
-
-def run(job: JobConfig, input_paths=None, output: str | None = None, **kwargs) -> dict:
-    """Score `score.input` into `score.output`, one committed part per input file (nightly.py)."""
-    from mlc_dist import nightly
-
-    return nightly.run(job, input_paths, output, **kwargs)

@@ -4,7 +4,7 @@ import numpy as np
 
 from mlc_dist.data import Tokenize
 from mlc_dist.labels import LabelSpace
-from mlc_dist.score import Scorer
+from mlc_dist.scoring import Scorer
 from ..conftest import export_tiny_model
 
 

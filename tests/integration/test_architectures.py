@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mlc_dist import score, train
+from mlc_dist import scoring, train
 from mlc_dist.artifacts import load_export
 from mlc_dist.config import validate_job
 from mlc_dist.labels import LabelSpace
-from mlc_dist.losses import build_objective
+from mlc_dist.losses import prior_bias
 from mlc_dist.models import output_bias
+from mlc_dist.models.outputs import OutputSchema
 from mlc_dist.demo import JIGSAW_LABELS, SEVERITY, TABULAR_FEATURES, TABULAR_LABELS, \
     write_demo_kind
 
@@ -82,8 +83,8 @@ def test_trains_on_two_workers_exports_and_scores(case, datasets, tmp_path, ray_
     assert summary["steps"] == 3 and len(losses) == 3 and np.all(np.isfinite(losses))
     head = model.get("head", "linear")
     stats = summary["data"]["train"]
-    prior = build_objective(LabelSpace.from_names(summary["data"]["labels"]), head).prior_bias(
-        stats["positives"], stats["num_rows"])
+    prior = prior_bias(OutputSchema(LabelSpace.from_names(summary["data"]["labels"]), head),
+                       stats["positives"], stats["num_rows"])
     if prior is None:  # softmax heads start uniform: the mean over heads of ln K
         start = (4 * np.log(2) + np.log(3)) / 5 if kind == "severity" else np.log(2)
     else:  # binary heads start at the labels' log-odds: the prior's mean entropy
@@ -95,11 +96,11 @@ def test_trains_on_two_workers_exports_and_scores(case, datasets, tmp_path, ray_
 
     loaded, tokenizer, meta = load_export(job.model_dir)
     assert (tokenizer is None) == (kind == "tabular")
-    assert meta.extra["head"] == head
+    assert meta.head == head
     if prior is not None:  # set on every worker before step 1; 3 Adam steps of 1e-3 barely move it
         np.testing.assert_allclose(output_bias(loaded).detach().numpy(), prior, atol=0.05)
 
-    result = score.run(job)
+    result = scoring.run(job)
     table = pq.read_table(job.score.output)
     source = pq.read_table(job.score.input)
     assert result["rows"] == table.num_rows == source.num_rows

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from mlc_dist import score, train
+from mlc_dist import scoring, train
 from mlc_dist.data import Tokenize
 
 from .helpers import demo_job
@@ -67,7 +67,7 @@ def test_zero_stage_trains_exports_and_scores(runs, tiny_bert, stage):
     emb = "bert.embeddings.word_embeddings.weight"
     assert weights[emb].shape == base[emb.removeprefix("bert.")].shape
     assert not np.allclose(weights[emb].numpy(), base[emb.removeprefix("bert.")].numpy())
-    scorer = score.Scorer(job.model_dir, passthrough=[])
+    scorer = scoring.Scorer(job.model_dir, passthrough=[])
     batch = Tokenize(job.model_dir, 64, keep=[])({"text": np.array(["you are awful", "nice"])})
     out = scorer(batch)
     probs = np.stack([out[c] for c in out if c.startswith("score_")], 1)
@@ -106,5 +106,5 @@ def test_rerun_after_full_stop_resumes(runs):
     assert second["steps"] == STEPS + 4 and second["resumed_from"][-1] == STEPS
     # Steps 21-23 finish epoch 1 (its last batch may be short), step 24 opens epoch 2.
     assert 3 * 16 * 2 < second["train_samples"] - first["train_samples"] <= 4 * 16 * 2
-    result = score.run(longer)
+    result = scoring.run(longer)
     assert result["rows"] == pq.read_table(longer.score.input).num_rows

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from mlc_dist import nightly
+from mlc_dist import scoring
 from mlc_dist.artifacts import load_export
 from mlc_dist.config import validate_job
 from mlc_dist.data import DataError
@@ -54,30 +54,30 @@ def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_p
         str(tmp_path / "out" / "date={date}"))))
     out = tmp_path / "out" / "date=2024-05-01"
     cmd = [sys.executable, "-m", "mlc_dist.cli", "score", str(job_file), "--date", "2024-05-01"]
-    env = {**os.environ, "PYTHONPATH": REPO, nightly.FAULT_ENV: "1"}
+    env = {**os.environ, "PYTHONPATH": REPO, scoring.FAULT_ENV: "1"}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == 99, killed.stderr[-2000:]
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
     assert parts == ["part-drop-0.parquet"] and not (out / "_SUCCESS").exists()
-    assert not nightly.is_complete(str(out))
+    assert not scoring.is_complete(str(out))
     with pytest.raises(DataError, match="_SUCCESS"):
-        nightly.read_scores(str(out))
+        scoring.read_scores(str(out))
     first = out / "part-drop-0.parquet"
     before = (first.stat().st_ino, first.stat().st_mtime_ns, first.read_bytes())
 
-    del env[nightly.FAULT_ENV]
+    del env[scoring.FAULT_ENV]
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     summary = json.loads(rerun.stdout)
     assert (summary["parts_committed"], summary["parts_skipped"]) == (1, 1)
     assert (first.stat().st_ino, first.stat().st_mtime_ns, first.read_bytes()) == before
-    table = nightly.read_scores(str(out))
+    table = scoring.read_scores(str(out))
     source = pq.read_table(inputs)
     assert table.num_rows == source.num_rows == 160
     assert sorted(table.column("id").to_pylist()) == sorted(source.column("id").to_pylist())
     manifest = json.loads((out / "_manifest.json").read_text())
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (160, 160, 0)
-    assert manifest["model_id"] == nightly.model_id(model_dir)
+    assert manifest["model_id"] == scoring.model_id(model_dir)
     # No --date for a {date} path, and a bad date: user errors, exit code 2.
     no_date = subprocess.run(cmd[:-2], env=env, capture_output=True, text=True, timeout=300)
     assert no_date.returncode == 2 and "--date" in no_date.stderr
@@ -86,8 +86,8 @@ def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_p
 def test_scores_match_single_process_reference(model_dir, tmp_path, ray_cluster):
     inputs = write_inputs(tmp_path / "in", [130])
     job = validate_job(job_tree(model_dir, str(inputs), str(tmp_path / "out"), batch_size=7))
-    nightly.run(job)
-    table = nightly.read_scores(str(tmp_path / "out"))
+    scoring.run(job)
+    table = scoring.read_scores(str(tmp_path / "out"))
     source = pq.read_table(inputs)
     by_id = dict(zip(source.column("id").to_pylist(), source.column("comment_text").to_pylist()))
     model, tokenizer, _ = load_export(model_dir)
@@ -110,7 +110,7 @@ def test_bad_rows_follow_the_policy_with_counts(model_dir, tmp_path, ray_cluster
     out = tmp_path / "out"
     job = validate_job(job_tree(model_dir, str(folder), str(out), max_chars=50,
                                 on_long_text="quarantine"))
-    summary = nightly.run(job)
+    summary = scoring.run(job)
     assert (summary["rows_in"], summary["rows_out"], summary["rows_quarantined"]) == (8, 3, 5)
     assert summary["duplicate_ids"] == 1
     q = pq.read_table(out / "_quarantine")
@@ -118,9 +118,9 @@ def test_bad_rows_follow_the_policy_with_counts(model_dir, tmp_path, ray_cluster
         ("b", "invalid_utf8"), ("c", "null_text"), ("d", "too_long"), ("n1", "non_string_text"),
         ("n2", "non_string_text")]
     with pytest.raises(Exception, match=r"x.parquet.*on_bad_text"):
-        nightly.run(validate_job(job_tree(model_dir, str(folder), str(tmp_path / "o2"),
+        scoring.run(validate_job(job_tree(model_dir, str(folder), str(tmp_path / "o2"),
                                           on_bad_text="fail")))
-    assert not nightly.is_complete(str(tmp_path / "o2"))
+    assert not scoring.is_complete(str(tmp_path / "o2"))
 
 
 def _scorer_actors() -> int:
@@ -135,7 +135,7 @@ def test_a_drop_of_files_shares_one_actor_pool(model_dir, tmp_path, ray_cluster)
     inputs = write_inputs(tmp_path / "in", [25, 0, 30, 7])
     job = validate_job(job_tree(model_dir, str(inputs), str(tmp_path / "out")))
     before = _scorer_actors()
-    summary = nightly.run(job)
+    summary = scoring.run(job)
     assert _scorer_actors() - before == 1  # one pool for the four files, not one per file
     assert (summary["parts_committed"], summary["rows_in"], summary["rows_out"]) == (4, 62, 62)
     for i, n in enumerate([25, 0, 30, 7]):

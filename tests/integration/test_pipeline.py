@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mlc_dist import score, train
+from mlc_dist import scoring, train
 from mlc_dist.artifacts import read_meta
 
 from .helpers import demo_job
@@ -65,7 +65,7 @@ def test_rerun_of_the_same_run_name_resumes(trained):
 
 def test_score_end_to_end(trained):
     job, _ = trained
-    result = score.run(job)
+    result = scoring.run(job)
     table = pq.read_table(job.score.output)
     source = pq.read_table(job.score.input)
     assert result["rows"] == table.num_rows == source.num_rows
@@ -77,5 +77,5 @@ def test_score_end_to_end(trained):
         assert table.schema.field(f"pred_{name}").type == "int8"
         assert np.all((s >= 0) & (s <= 1))
     # A rerun replaces the output instead of appending to it.
-    score.run(job)
+    scoring.run(job)
     assert pq.read_table(job.score.output).num_rows == source.num_rows

@@ -68,7 +68,7 @@ def test_stored_thresholds_change_scorer_predictions(tmp_path, tiny_bert):
     from mlc_dist.config import ModelConfig
     from mlc_dist.labels import LabelSpace
     from mlc_dist.models import build_model
-    from mlc_dist.score import Scorer
+    from mlc_dist.scoring import Scorer
 
     space = LabelSpace.from_names(NAMES)
     low, high = str(tmp_path / "low"), str(tmp_path / "high")

@@ -7,7 +7,7 @@ import torch
 from mlc_dist import data
 from mlc_dist.artifacts import load_export, read_meta, write_meta
 from mlc_dist.labels import LabelSpace
-from mlc_dist.score import Scorer
+from mlc_dist.scoring import Scorer
 from ..conftest import export_tiny_model
 
 LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])

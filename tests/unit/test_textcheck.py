@@ -8,8 +8,8 @@ import torch
 from mlc_dist import data
 from mlc_dist.artifacts import load_export
 from mlc_dist.labels import LabelSpace
-from mlc_dist.score import Scorer
-from mlc_dist.textcheck import CheckText
+from mlc_dist.scoring import Scorer
+from mlc_dist.scoring.textcheck import CheckText
 from ..conftest import export_tiny_model
 
 LABELS = LabelSpace.from_names(["a", "b", "c", "d"])
