@@ -77,7 +77,7 @@ def substitute_date(value, date: str | None, key: str):
 def input_files(paths) -> list[str]:
     """Files to score, in order: globs expanded, folders listed (hidden/underscore files skipped)."""
     out = []
-    for p in data._expand_local(data._as_list(paths)):
+    for p in data.expand_paths(paths):
         if "://" not in p and os.path.isdir(p):
             out.extend(os.path.join(p, n) for n in sorted(os.listdir(p))
                        if not n.startswith((".", "_")) and os.path.isfile(os.path.join(p, n)))

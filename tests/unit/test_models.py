@@ -91,10 +91,10 @@ def test_category_labels_are_read_as_indices_or_names():
     space = data.label_space_for(cfg)
     batch = pa.table({"id": ["1", "2", "3"], "a": [0, 1, 0], "b": [1, 1, 0],
                       "severity": ["none", "severe", "1"], "path": ["f.csv"] * 3})
-    assert data._wide_labels(batch, space, cfg).tolist() == [[0, 0, 1], [1, 2, 1], [0, 1, 0]]
+    assert data.wide_labels(batch, space, cfg).tolist() == [[0, 0, 1], [1, 2, 1], [0, 1, 0]]
     bad = batch.set_column(3, "severity", pa.array(["none", "extreme", "mild"]))
     with pytest.raises(data.DataError, match=r"f.csv: row with id='2'.*'severity'.*'extreme'"):
-        data._wide_labels(bad, space, cfg)
+        data.wide_labels(bad, space, cfg)
     with pytest.raises(data.DataError, match="label_categories"):
         data.label_space_for(cfg.model_copy(update={"label_categories": {"nope": ["x", "y"]}}))
 
