@@ -116,6 +116,6 @@ def test_detect_format_and_missing_files(tmp_path):
     with pytest.raises(data.DataError, match="set data.format"):
         data.detect_format(["x.bin"], "auto")
     with pytest.raises(data.DataError, match="nope.csv: file not found"):
-        data._expand_local([str(tmp_path / "nope.csv")])
+        data.expand_paths([str(tmp_path / "nope.csv")])
     with pytest.raises(data.DataError, match="no file matches"):
-        data._expand_local([str(tmp_path / "*.csv")])
+        data.expand_paths([str(tmp_path / "*.csv")])
