@@ -1,6 +1,6 @@
 """LabelSpace: label names <-> indices and multi-hot encoding; saved with the model.
 
-Owns the label vocabulary only; reading label columns from files is data.py's job.
+Owns the label vocabulary only; reading label columns from files is data/labels.py's job.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ deleted, never mixed with the new one) and the new run starts fresh.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
 from mlc_dist.config import JobConfig
 
+log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
 # Keys a rerun may change and still resume: how long to train and how often to log, evaluate and
 # checkpoint, how many failures to tolerate, and where and how to score afterwards.
@@ -61,8 +63,8 @@ def claim_run_dir(job: JobConfig) -> str | None:
                 moved, n = f"{base}-{n}", n + 1
             os.rename(run_dir, moved)
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
-            print(f"[mlc-dist] {run_dir} holds a run with other settings ({listed}); it cannot "
-                  f"be resumed, so it was moved to {moved} and this run starts fresh", flush=True)
+            log.warning("%s holds a run with other settings (%s); it cannot be resumed, so it was "
+                        "moved to %s and this run starts fresh", run_dir, listed, moved)
     os.makedirs(run_dir, exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

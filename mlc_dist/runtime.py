@@ -22,11 +22,16 @@ def init_ray(min_cpus: float = 0) -> None:
         return
     from ray import data as ray_data
 
-    # Per-operator bars from every worker interleave into noise in logs; keep the global bar
-    # on a terminal, and our own step lines for training.
+    from mlc_dist import logs
+
+    verbose = logs.verbosity() >= logs.VERBOSE
+    # Our own bar (progress.py) shows training and scoring; Ray Data's would draw over it on a
+    # terminal and interleave into noise in logs. --verbose brings them back on a terminal.
     ctx = ray_data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.enable_progress_bars = verbose and sys.stderr.isatty()
+    # The execution plan of every dataset, printed by every process that runs one.
+    ctx.print_on_execution_start = verbose
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray Train V2 copies a worker's print() into its logger as well: every line came out twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -34,10 +39,16 @@ def init_ray(min_cpus: float = 0) -> None:
         ray.init(log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999) + 2)
+    # Ray Train's preemption watcher only reports spot-node drains, which a local cluster has
+    # none of; starting it logs an error-level line about its actor arguments (ray#53727).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    logs.quiet_libraries(logs.verbosity())
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls (without
     # it the cleaner logs a warning every second); loopback only, as `ray start --head` does.
     # address="local": a new cluster even when this machine already runs one (`ray start`),
     # which ray.init() would otherwise join and then refuse num_cpus for.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=True)
+             dashboard_host="127.0.0.1", log_to_driver=True,
+             # The same silencing in every process of the cluster (logs.quiet_libraries).
+             runtime_env={"worker_process_setup_hook": "mlc_dist.logs.quiet_ray_worker"})
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)

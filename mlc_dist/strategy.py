@@ -36,6 +36,9 @@ class DDPEngine:
 
         self.cfg = cfg
         self.device = ray.train.torch.get_device()
+        # transformers' save_pretrained imports deepspeed (through accelerate) when installed;
+        # told the accelerator, it does not guess and warn about it.
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.device.type == "cuda" else "cpu")
         from mlc_dist.models import leaves_parameters_unused
 
         find_unused = cfg.find_unused_parameters

@@ -1,7 +1,7 @@
 """Ray Jobs: submit a job file to a cluster's dashboard address, follow, inspect and stop it.
 
 Owns the runtime environment a submission ships (the project and the job file) and the
-entrypoint it runs; the training itself is cli.py -> train.py on the cluster.
+entrypoint it runs; the training itself is cli.py -> train/ on the cluster.
 """
 
 from __future__ import annotations

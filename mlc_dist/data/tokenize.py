@@ -1,6 +1,6 @@
 """Streaming tokenization and batching: the tokenizer UDF, dynamic padding, length buckets.
 Not reading or validation (read.py, labels.py). No torch loops: padding to a batch happens in the
-consumer (train.py / score.py) through `pad_batch`."""
+consumer (train/worker.py, scoring/pipeline.py) through `pad_batch`."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ encoder, our pooling and our head, saved as one registered transformers model.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mlc_dist.models.heads import POOLING, build_head, init_weights
+
+log = logging.getLogger(__name__)
 
 
 class MlcHFConfig(PretrainedConfig):
@@ -69,16 +72,47 @@ class MlcHFForSequenceClassification(PreTrainedModel):
         return SequenceClassifierOutput(logits=self.head(self.dropout(pooled)))
 
 
+class _NoLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return " LOAD REPORT" not in record.getMessage()
+
+
+def _from_pretrained(auto_class, path: str, **kwargs) -> nn.Module:
+    """A pretrained encoder (+ a new classifier) without transformers' per-load key table.
+
+    The table lists the new classifier as MISSING and pretraining heads as UNEXPECTED on every
+    worker at every start, which is the expected case here; an encoder weight that did not load
+    is not, and is warned about once, by name.
+    """
+    report = logging.getLogger("transformers.modeling_utils")
+    quiet = _NoLoadReport()
+    report.addFilter(quiet)
+    try:
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        report.removeFilter(quiet)
+    prefix = f"{model.base_model_prefix}."
+    encoder_missing = sorted(k for k in info["missing_keys"]
+                             if k.startswith(prefix) or auto_class is AutoModel)
+    if encoder_missing or info["mismatched_keys"]:
+        log.warning("%s: encoder weights not in the checkpoint (randomly initialized): %s%s",
+                    path, encoder_missing, f"; shape mismatches: {info['mismatched_keys']}"
+                    if info["mismatched_keys"] else "")
+    log.debug("%s: new %s; unused checkpoint weights %s", path, sorted(info["missing_keys"]),
+              sorted(info["unexpected_keys"]))
+    return model
+
+
 def build(path: str, names: list[str], head: str, sizes: list[int], pooling: str,
           trust_remote_code: bool) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     labels = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
     if head == "linear" and pooling == "cls":
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(names), problem_type="multi_label_classification",
-            trust_remote_code=trust_remote_code, **labels)
-    encoder = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return _from_pretrained(AutoModelForSequenceClassification, path, num_labels=len(names),
+                                problem_type="multi_label_classification",
+                                trust_remote_code=trust_remote_code, **labels)
+    encoder = _from_pretrained(AutoModel, path, trust_remote_code=trust_remote_code)
     config = MlcHFConfig(encoder=encoder.config.to_dict(), head=head, head_sizes=sizes,
                          pooling=pooling, **labels)
     return MlcHFForSequenceClassification(config, encoder=encoder)

@@ -5,6 +5,7 @@ Owns the driver side of a training run only; what each worker does is worker.py'
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -89,13 +90,17 @@ def prepare_inputs(job: JobConfig) -> Inputs:
 
 
 def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    ingest = ray.train.DataConfig.default_ingest_options()
+    # Copies of the context's options, as DataConfig's defaults are, without the deprecated
+    # `exclude_resources` setter that default_ingest_options() calls (a warning per process).
+    ingest = {name: copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+              for name in ("train", "validation")}
     # The same rows reach the same worker in the same order on every run, so skipping
     # `batches_done` on resume continues the trajectory instead of reshuffling it.
-    ingest.preserve_order = True
+    ingest["train"].preserve_order = True
     t = job.train
     return TorchTrainer(
         train_loop_per_worker,
@@ -118,12 +123,15 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
                 num_to_keep=t.num_checkpoints_to_keep, checkpoint_score_attribute=t.checkpoint_metric,
                 checkpoint_score_order=t.checkpoint_mode),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            # Ray Train's INFO lines (worker group, process group, checkpoint paths) go to its
+            # log files only, unless --verbose.
+            logging_config=ray.train.LoggingConfig(
+                log_level="DEBUG" if logs.verbosity() >= logs.VERBOSE else "WARNING"),
             # Drills and DeepSpeed settings from the driver's environment reach the workers.
             worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                              if k.startswith(("MLC_DIST_", "DS_"))}}),
         datasets=inputs.datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                            execution_options={"train": ingest}),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )
 
 
