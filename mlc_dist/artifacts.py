@@ -9,6 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from mlc_dist import storage
 from mlc_dist.labels import LabelSpace
 from mlc_dist.models.heads import HEADS, HeadName
 from mlc_dist.models.outputs import OutputSchema
@@ -58,7 +59,8 @@ class ModelMeta:
 
 
 def save_export(directory: str, model, tokenizer, meta: ModelMeta, state_dict=None) -> None:
-    """`state_dict` replaces the module's own weights (sharded engines gather them first)."""
+    """`state_dict` replaces the module's own weights (sharded engines gather them first).
+    A local folder; the listing of its files' hashes (storage.CONTENT_FILE) is written last."""
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:  # tabular models have none
@@ -67,27 +69,32 @@ def save_export(directory: str, model, tokenizer, meta: ModelMeta, state_dict=No
 
 
 def write_meta(directory: str, meta: ModelMeta) -> None:
+    """(Re)write a local export's metadata, and its content listing to match."""
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta.to_dict(), f, indent=2)
+    with open(os.path.join(directory, storage.CONTENT_FILE), "w") as f:
+        f.write(storage.content_listing(directory))
 
 
 def read_meta(directory: str) -> ModelMeta:
-    path = os.path.join(directory, META_FILE)
-    if not os.path.isfile(path):
+    """The metadata of an export, local or on an object store."""
+    path = storage.join(directory, META_FILE)
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{directory}: not an exported mlc-dist model (no {META_FILE})")
-    with open(path) as f:
-        return ModelMeta.from_dict(json.load(f))
+    return ModelMeta.from_dict(storage.read_json(path))
 
 
 def load_export(directory: str, trust_remote_code: bool = False):
     """(model in eval mode, tokenizer or None, meta) from an exported folder; safetensors.
 
+    An object-store export is read from this machine's content-keyed copy (storage.local_copy).
     Importing mlc_dist.models registers our own model classes with the Auto* classes.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import mlc_dist.models  # noqa: F401
 
+    directory = storage.local_copy(directory)
     meta = read_meta(directory)
     model = AutoModelForSequenceClassification.from_pretrained(
         directory, trust_remote_code=trust_remote_code, use_safetensors=True)

@@ -5,13 +5,11 @@ Owns the fold loop and the aggregate only; each fold is train.fit on data.prepar
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import numpy as np
 
-from mlc_dist import train
+from mlc_dist import storage, train
 from mlc_dist.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -49,9 +47,7 @@ def cross_validate(job: JobConfig) -> dict:
         log.info("cross-validation fold %d/%d", index + 1, num_folds)
         summaries.append(train.fit(fold_job(job, index)))
     result = {"folds": num_folds, "metrics": aggregate(summaries),
-              "runs": [os.path.dirname(s["model_dir"]) for s in summaries],
+              "runs": [s["model_dir"].rsplit("/", 1)[0] for s in summaries],
               "validation_rows": [s["data"]["validation"]["num_rows"] for s in summaries]}
-    os.makedirs(job.run_dir, exist_ok=True)
-    with open(os.path.join(job.run_dir, "cv_metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    storage.write_json(storage.join(job.run_dir, "cv_metrics.json"), result)
     return result

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 
 import numpy as np
 
-from mlc_dist import data, metrics, report
+from mlc_dist import data, metrics, report, storage
 from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfig
 
@@ -36,7 +37,8 @@ def run(job: JobConfig) -> dict:
     from mlc_dist.scoring import score_dataset
 
     input_paths = job.evaluate.input
-    output = os.path.abspath(job.evaluate.output or os.path.join(job.run_dir, "evaluation"))
+    output = job.evaluate.output or storage.join(job.run_dir, "evaluation")
+    output = output if storage.is_uri(output) else os.path.abspath(output)
     if not input_paths:
         raise ValueError("evaluate.input must be set (a labelled file in the data.* layout)")
     model_dir = job.score_model
@@ -58,16 +60,23 @@ def run(job: JobConfig) -> dict:
                            job.evaluate.batch_size)
     labels, probs = collect(scored, meta.outputs.score_columns())
     evaluation = metrics.report(labels, probs, meta.thresholds, names, job.train.threshold_beta)
-    os.makedirs(output, exist_ok=True)
     summary = {**evaluation, "model": model_dir, "input": input_paths,
                "labels_file": job.evaluate.labels, "num_skipped_unscored": num_unscored}
-    with open(os.path.join(output, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    table = report.per_label_table(evaluation)
-    table.to_csv(os.path.join(output, "per_label.csv"), index=False)
-    with open(os.path.join(output, "per_label.md"), "w") as f:
-        f.write(report.to_markdown(table))
-    summary["report"] = report.write_report(os.path.join(output, "report"),
-                                            f"evaluation of {model_dir}", evaluation, labels, probs)
-    summary["output"] = output
-    return summary
+    page = write_outputs(output, summary, labels, probs, f"evaluation of {model_dir}")
+    return {**summary, "report": page, "output": output}
+
+
+def write_outputs(output: str, summary: dict, labels: np.ndarray, probs: np.ndarray,
+                  title: str) -> str:
+    """metrics.json, per_label.csv/.md and report/ under `output` (local or object store),
+    written locally first; returns the report page's path."""
+    with tempfile.TemporaryDirectory() as local:
+        with open(os.path.join(local, "metrics.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        table = report.per_label_table(summary)
+        table.to_csv(os.path.join(local, "per_label.csv"), index=False)
+        with open(os.path.join(local, "per_label.md"), "w") as f:
+            f.write(report.to_markdown(table))
+        page = report.write_report(os.path.join(local, "report"), title, summary, labels, probs)
+        storage.upload_dir(local, output)
+    return storage.join(output, "report", os.path.basename(page))

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 
+from mlc_dist import storage
 from mlc_dist.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -47,27 +48,23 @@ def incompatible_changes(before: dict, after: dict) -> dict[str, tuple]:
 
 
 def claim_run_dir(job: JobConfig) -> str | None:
-    """Record this job in its run directory. Returns where an incompatible earlier run was moved
-    to (and prints why), or None when the directory is new or can be resumed."""
-    run_dir = os.path.abspath(job.run_dir)
-    path = os.path.join(run_dir, JOB_FILE)
+    """Record this job in its run directory (local or object store). Returns where an
+    incompatible earlier run was moved to (and logs why), or None when the directory is new or
+    can be resumed."""
+    run_dir = job.run_dir if storage.is_uri(job.run_dir) else os.path.abspath(job.run_dir)
+    path = storage.join(run_dir, JOB_FILE)
     tree = json.loads(job.model_dump_json())
     moved = None
-    if os.path.isfile(path):
-        with open(path) as f:
-            changes = incompatible_changes(json.load(f), tree)
+    if storage.is_file(path):
+        changes = incompatible_changes(storage.read_json(path), tree)
         if changes:
             moved = base = f"{run_dir}.prev-{time.strftime('%Y%m%dT%H%M%S')}"
             n = 1
-            while os.path.exists(moved):
+            while storage.exists(moved):
                 moved, n = f"{base}-{n}", n + 1
-            os.rename(run_dir, moved)
+            storage.move_dir(run_dir, moved)
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
             log.warning("%s holds a run with other settings (%s); it cannot be resumed, so it was "
                         "moved to %s and this run starts fresh", run_dir, listed, moved)
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(tree, f, indent=2)
-    os.replace(tmp, path)
+    storage.write_json(path, tree)
     return moved

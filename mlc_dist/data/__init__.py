@@ -7,21 +7,20 @@ validation (`Normalize`). tokenize.py: tokenization, padding, length buckets. sp
 from mlc_dist.data.labels import (Normalize, drop_unscored, label_space_for, read_label_table,
                                   read_labelled, read_unlabelled, wide_labels)
 from mlc_dist.data.read import (FEATURES, KEY, LABELS, PATH, TEXT, TEXT_PAIR, DataError,
-                                as_data_error, detect_format, expand_paths, object_store_fs,
-                                read_table)
+                                as_data_error, detect_format, expand_paths, read_table)
 from mlc_dist.data.split import Prepared, SplitStats, prepare, stratified_split
 from mlc_dist.data.tokenize import (BUCKET_WINDOW_BATCHES, Tokenize, encode, length_buckets,
-                                    pad_batch)
+                                    load_tokenizer, pad_batch)
 
 __all__ = [
     # read.py
-    "DataError", "as_data_error", "expand_paths", "detect_format", "read_table", "object_store_fs",
+    "DataError", "as_data_error", "expand_paths", "detect_format", "read_table",
     "TEXT", "TEXT_PAIR", "LABELS", "KEY", "PATH", "FEATURES",
     # labels.py
     "read_label_table", "label_space_for", "Normalize", "wide_labels", "drop_unscored",
     "read_labelled", "read_unlabelled",
     # tokenize.py
-    "Tokenize", "pad_batch", "BUCKET_WINDOW_BATCHES", "length_buckets", "encode",
+    "Tokenize", "load_tokenizer", "pad_batch", "BUCKET_WINDOW_BATCHES", "length_buckets", "encode",
     # split.py
     "SplitStats", "Prepared", "stratified_split", "prepare",
 ]

@@ -11,7 +11,6 @@ import re
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import ray.data
 
 from mlc_dist.config import DataConfig
@@ -107,9 +106,3 @@ def _unreadable_parquet(paths: list[str]) -> str | None:
         except (pa.ArrowInvalid, OSError):
             return p
     return None
-
-
-def object_store_fs(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)

@@ -16,9 +16,12 @@ from mlc_dist.data.read import FEATURES, TEXT, TEXT_PAIR
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(path: str):
     # Cached per process: Ray Data task workers are reused, so each loads a tokenizer once.
+    # An object-store folder (a run's tokenizer or export) is read from this machine's copy.
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    from mlc_dist.storage import local_copy
+
+    return AutoTokenizer.from_pretrained(local_copy(path))
 
 
 class Tokenize:

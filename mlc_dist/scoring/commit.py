@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mlc_dist import data
+from mlc_dist import data, storage
 from mlc_dist.artifacts import META_FILE
 from mlc_dist.config import JobConfigError
 from mlc_dist.scoring.textcheck import REASON, SCORED, TRUNCATED
@@ -62,7 +62,7 @@ def part_name(path: str) -> str:
 
 def is_complete(output: str) -> bool:
     """True only when the job wrote `_SUCCESS` (last): never trust a folder without it."""
-    fs, root = data.object_store_fs(output)
+    fs, root = storage.filesystem(output)
     return fs.get_file_info(f"{root}/{SUCCESS}").type == pafs.FileType.File
 
 
@@ -77,7 +77,7 @@ class Output:
     """The output folder on its filesystem (local or object store)."""
 
     def __init__(self, output: str):
-        self.fs, self.root = data.object_store_fs(output)
+        self.fs, self.root = storage.filesystem(output)
         self.root = self.root.rstrip("/")
 
     def path(self, *parts: str) -> str:

@@ -17,8 +17,9 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
-from mlc_dist import data, progress
+from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
 from mlc_dist.config import JobConfig, JobConfigError
 from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, RECORDS, SUCCESS, TMP, AuditError,
@@ -46,12 +47,16 @@ def substitute_date(value, date: str | None, key: str):
 
 
 def input_files(paths) -> list[str]:
-    """Files to score, in order: globs expanded, folders listed (hidden/underscore files skipped)."""
+    """Files to score, in order: globs expanded, folders (local or object store) listed, hidden
+    and underscore files skipped."""
     out = []
     for p in data.expand_paths(paths):
-        if "://" not in p and os.path.isdir(p):
-            out.extend(os.path.join(p, n) for n in sorted(os.listdir(p))
-                       if not n.startswith((".", "_")) and os.path.isfile(os.path.join(p, n)))
+        fs, inner = storage.filesystem(p)
+        if fs.get_file_info(inner).type == pafs.FileType.Directory:
+            children = fs.get_file_info(pafs.FileSelector(inner.rstrip("/")))
+            out.extend(storage.join(p, os.path.basename(i.path)) for i in
+                       sorted(children, key=lambda i: i.path) if i.type == pafs.FileType.File
+                       and not os.path.basename(i.path).startswith((".", "_")))
         else:
             out.append(p)
     if not out:
@@ -88,8 +93,9 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
         raise JobConfigError("score.input and score.output must be set")
     files = input_files(inputs)
     names = _part_names(files)
-    model_dir = job.score_model
-    meta, mid = read_meta(model_dir), model_id(model_dir)
+    model_dir = job.score_model  # the actors load it themselves (storage.local_copy per node)
+    local_model = storage.local_copy(model_dir)
+    meta, mid = read_meta(local_model), model_id(local_model)
     out = _open_output(output, overwrite)
     done = {name: verify_record(out, out.read_json(RECORDS, f"{name}.json"), mid, output)
             for name in names if out.exists(RECORDS, f"{name}.json")}

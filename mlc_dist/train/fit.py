@@ -6,18 +6,17 @@ Owns the driver side of a training run only; what each worker does is worker.py'
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mlc_dist import data, logs, metrics, progress
+from mlc_dist import data, logs, metrics, progress, storage
 from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfig
 from mlc_dist.losses import prior_bias
@@ -48,14 +47,23 @@ def _tokenizer_path(job: JobConfig, prepared: data.Prepared) -> str | None:
         return job.model.tokenizer
     from mlc_dist.models.encoder import train_tokenizer
 
-    path = os.path.abspath(os.path.join(job.run_dir, "tokenizer"))
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+    path = storage.join(run_dir(job), "tokenizer")
+    if not storage.is_file(storage.join(path, "tokenizer.json")):
         texts = (t for b in prepared.train.select_columns([data.TEXT]).iter_batches(
             batch_size=4096, batch_format="numpy") for t in b[data.TEXT])
-        train_tokenizer(texts, job.model.vocab_size, path, job.data.max_length)
+        with tempfile.TemporaryDirectory() as local:
+            train_tokenizer(texts, job.model.vocab_size, local, job.data.max_length)
+            with open(os.path.join(local, storage.CONTENT_FILE), "w") as f:
+                f.write(storage.content_listing(local))
+            storage.upload_dir(local, path)
         log.info("trained a WordPiece tokenizer (%d tokens) on %s -> %s", job.model.vocab_size,
                  job.data.train, path)
     return path
+
+
+def run_dir(job: JobConfig) -> str:
+    """The run's folder: a URI as given, a local path made absolute."""
+    return job.run_dir if storage.is_uri(job.run_dir) else os.path.abspath(job.run_dir)
 
 
 @dataclass
@@ -118,7 +126,10 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
             num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
             resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=job.run.name, storage_path=os.path.abspath(job.run.output_dir),
+            # Checkpoints go straight to the object store when output_dir is a URI (every node
+            # reaches it; a multi-node run refuses local storage).
+            name=job.run.name, storage_path=job.run.output_dir
+            if storage.is_uri(job.run.output_dir) else os.path.abspath(job.run.output_dir),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.num_checkpoints_to_keep, checkpoint_score_attribute=t.checkpoint_metric,
                 checkpoint_score_order=t.checkpoint_mode),
@@ -136,14 +147,13 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
 
 
 def export_checkpoint(checkpoint, run_dir: str) -> tuple[TrainState, str, dict | None]:
-    """Copy the checkpoint's model to <run_dir>/model; (its TrainState, that folder, the last
-    validation's probs/labels, which only binary heads leave)."""
+    """Copy the checkpoint's model to <run_dir>/model (local or object store); (its TrainState,
+    that folder, the last validation's probs/labels, which only binary heads leave)."""
     state = TrainState()
     with checkpoint.as_directory() as directory:
         state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
-        export_dir = os.path.join(run_dir, "model")
-        shutil.rmtree(export_dir, ignore_errors=True)
-        shutil.copytree(os.path.join(directory, "model"), export_dir)
+        export_dir = storage.join(run_dir, "model")
+        storage.upload_dir(os.path.join(directory, "model"), export_dir)
         val_file = os.path.join(directory, VAL_FILE)
         val = dict(np.load(val_file)) if os.path.exists(val_file) else None
     return state, export_dir, val
@@ -192,25 +202,27 @@ def fit(job: JobConfig) -> dict:
     claim_run_dir(job)  # a rerun with other settings moves the old run aside instead of resuming
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
     inputs = prepare_inputs(job)
-    prepared, run_dir = inputs.prepared, os.path.abspath(job.run_dir)
+    prepared, out_dir = inputs.prepared, run_dir(job)
     started, started_at = time.perf_counter(), time.time()
     with progress.training(inputs.num_steps) as sink:
         result = build_trainer(job, inputs, sink).fit()
     timing = {"wall": time.perf_counter() - started, "started_at": started_at}
-    state, export_dir, val = export_checkpoint(result.checkpoint, run_dir)
+    state, export_dir, val = export_checkpoint(result.checkpoint, out_dir)
     thresholds = read_meta(export_dir).thresholds
     evaluation = metrics.report(val["labels"], val["probs"], thresholds,
                                 prepared.label_space.names, job.train.threshold_beta) if val else None
     summary = summarize(job, prepared, state, result.metrics, timing, export_dir, thresholds,
                         evaluation)
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    storage.write_json(storage.join(out_dir, "metrics.json"), summary)
     if val is None:
         return summary
     from mlc_dist.report import write_report
 
-    summary["report"] = write_report(
-        os.path.join(run_dir, "report"), f"{job.run.name}: validation", evaluation, val["labels"],
-        val["probs"], {"train": prepared.train_stats.positives,
-                       "validation": prepared.validation_stats.positives}, state.history)
+    with tempfile.TemporaryDirectory() as local:
+        page = write_report(local, f"{job.run.name}: validation", evaluation, val["labels"],
+                            val["probs"], {"train": prepared.train_stats.positives,
+                                           "validation": prepared.validation_stats.positives},
+                            state.history)
+        storage.upload_dir(local, storage.join(out_dir, "report"))
+    summary["report"] = storage.join(out_dir, "report", os.path.basename(page))
     return summary

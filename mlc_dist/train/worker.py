@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from mlc_dist import data, logs, metrics, strategy
+from mlc_dist import data, logs, metrics, storage, strategy
 from mlc_dist.artifacts import ModelMeta, save_export
 from mlc_dist.config import JobConfig
 from mlc_dist.labels import LabelSpace
@@ -105,11 +105,10 @@ def maybe_inject_fault(step: int, rank: int, run_dir: str) -> None:
     if not fault_step or step != int(fault_step) or rank != int(
             os.environ.get("MLC_DIST_FAULT_RANK", "1")):
         return
-    marker = os.path.join(run_dir, f"fault_injected_step{step}")
-    if os.path.exists(marker):
+    marker = storage.join(run_dir, f"fault_injected_step{step}")  # every node sees the run dir
+    if storage.exists(marker):
         return
-    os.makedirs(run_dir, exist_ok=True)
-    open(marker, "w").close()
+    storage.write_bytes(marker, b"")
     log.warning("fault injection: rank %d exits hard at step %d", rank, step)
     logging.shutdown()
     os._exit(1)  # no clean-up, like a preempted machine
@@ -120,7 +119,7 @@ class Worker:
 
     def __init__(self, config: dict):
         import ray.train
-        from transformers import AutoTokenizer, set_seed
+        from transformers import set_seed
 
         self.job = job = JobConfig.model_validate(config["job"])
         ctx = ray.train.get_context()
@@ -128,7 +127,7 @@ class Worker:
         set_seed(job.train.seed)
         space = LabelSpace.from_dict(config["label_space"])
         path = config["tokenizer_path"]
-        self.tokenizer = AutoTokenizer.from_pretrained(path) if path else None  # None: tabular
+        self.tokenizer = data.load_tokenizer(path) if path else None  # None: tabular
         pad_token_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
         model = build_model(job.model, space, vocab_size=len(self.tokenizer) if path else None,
                             pad_token_id=pad_token_id, max_length=job.data.max_length,
@@ -227,7 +226,8 @@ class Worker:
         self._sent_at = time.monotonic()
         s = self.state
         self.progress.push.remote({"step": s.global_step, "total": self.total_steps,
-                                   "epoch": s.epoch, "samples": s.train_samples, **fields})
+                                   "epoch": s.epoch, "samples": s.train_samples,
+                                   "time": time.time(), **fields})
 
     def validate(self) -> dict:
         """val_* metrics on the whole validation set; tunes the thresholds the export stores."""
