@@ -158,6 +158,9 @@ class ScalingConfig(_Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Ray's placement of the training workers: PACK fills a node first (fast collectives inside
+    # one machine); SPREAD puts them on different nodes (one per node with STRICT_SPREAD).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 class ScoreConfig(_Section):

@@ -124,7 +124,8 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
-            resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+            placement_strategy=job.scaling.placement_strategy),
         run_config=ray.train.RunConfig(
             # Checkpoints go straight to the object store when output_dir is a URI (every node
             # reaches it; a multi-node run refuses local storage).
