@@ -223,7 +223,7 @@ def scale(job: JobArg, set_: SetOpt = None,
     def go():
         counts = [int(w) for w in workers.split(",") if w.strip()]
         result = sweep(load_job(job, set_), counts, steps, peak_tflops)
-        typer.echo(open(result["md"]).read())
+        typer.echo(result["table"])
         typer.echo(json.dumps({k: result[k] for k in ("csv", "md", "png")}))
 
     _run(go)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
+import tempfile
 
+from mlc_dist import storage
 from mlc_dist.config import JobConfig, validate_job
 
 #: Dense bf16/fp16 tensor-core peak TFLOP/s per GPU (vendor datasheets), matched on the CUDA name.
@@ -65,13 +66,14 @@ def sweep(job: JobConfig, workers: list[int], steps: int, peak: float | None = N
     if steps <= job.train.throughput_warmup_steps + 1:
         raise ValueError(f"--steps {steps}: must exceed train.throughput_warmup_steps "
                          f"({job.train.throughput_warmup_steps}) + 1 to measure anything")
-    out_dir = os.path.abspath(job.run_dir + "-scale")
+    out_dir = job.run_dir + "-scale"  # beside the job's runs: local, or on the object store
+    out_dir = out_dir if storage.is_uri(out_dir) else os.path.abspath(out_dir)
     init_ray(min_cpus=max(workers) * job.scaling.cpus_per_worker)
     gpu = torch.cuda.get_device_name(0) if job.scaling.use_gpu and torch.cuda.is_available() else None
     peak = peak or peak_tflops(gpu)
     rows = []
     for n in workers:
-        shutil.rmtree(os.path.join(out_dir, f"w{n}"), ignore_errors=True)  # our scratch run
+        storage.delete_dir(storage.join(out_dir, f"w{n}"))  # our scratch run
         summary = fit(run_job(job, n, steps, out_dir))
         rows.append({"num_workers": n, "steps": summary["steps"],
                      "global_samples_per_s": summary["steady_samples_per_s"],
@@ -86,8 +88,14 @@ def sweep(job: JobConfig, workers: list[int], steps: int, peak: float | None = N
                                    * r["num_workers"] / base["num_workers"]))
         flops = training_flops_per_token(job.model.name, r["seq_len"]) * r["tokens_per_s"]
         r["mfu"] = flops / (peak * 1e12 * r["num_workers"]) if peak else None
-    paths = write_outputs(rows, out_dir, gpu or "cpu", peak)
-    return {"rows": [{k: r[k] for k in COLUMNS} for r in rows], **paths}
+    with tempfile.TemporaryDirectory() as local:
+        paths = write_outputs(rows, local, gpu or "cpu", peak)
+        table = open(paths["md"]).read()
+        for path in paths.values():
+            storage.write_bytes(storage.join(out_dir, os.path.basename(path)),
+                                open(path, "rb").read())
+    return {"rows": [{k: r[k] for k in COLUMNS} for r in rows], "table": table,
+            **{k: storage.join(out_dir, os.path.basename(p)) for k, p in paths.items()}}
 
 
 def _fmt(value) -> str:
