@@ -87,7 +87,8 @@ def summary_keys(summary: dict) -> dict:
 @app.command()
 def score(job: JobArg, set_: SetOpt = None,
           date: Annotated[Optional[str], typer.Option(
-              help="Partition YYYY-MM-DD, substituted for {date} in score.input/output")] = None,
+              help="Partition substituted for {date} in score.input/output: YYYY-MM-DD, or "
+                   "yesterday / today (UTC dates when the job runs, for schedulers)")] = None,
           overwrite: Annotated[bool, typer.Option(
               help="Delete the output and start over (default: resume, skipping committed parts)"
           )] = False):
