@@ -87,7 +87,8 @@ def summary_keys(summary: dict) -> dict:
 @app.command()
 def score(job: JobArg, set_: SetOpt = None,
           date: Annotated[Optional[str], typer.Option(
-              help="Partition YYYY-MM-DD, substituted for {date} in score.input/output")] = None,
+              help="Partition substituted for {date} in score.input/output: YYYY-MM-DD, or "
+                   "yesterday / today (UTC dates when the job runs, for schedulers)")] = None,
           overwrite: Annotated[bool, typer.Option(
               help="Delete the output and start over (default: resume, skipping committed parts)"
           )] = False):
@@ -200,14 +201,17 @@ def jobs_stop(job_id: JobIdArg, address: AddressOpt):
 def render(kind: Annotated[str, typer.Argument(help="rayjob | cronjob")], job: JobArg,
            image: Annotated[str, typer.Option(help="Container image built from infra/Dockerfile")],
            set_: SetOpt = None,
-           schedule: Annotated[str, typer.Option(help="Cron schedule (cronjob)")] = "0 2 * * *",
-           address: Annotated[str, typer.Option(help="Ray dashboard address the cronjob submits to")]
-           = "http://mlc-dist-head-svc:8265"):
-    """Print a KubeRay RayJob (training) or a nightly scoring CronJob generated from a job file."""
+           schedule: Annotated[str, typer.Option(
+               help="Cron schedule in UTC, once a day (cronjob)")] = "0 2 * * *"):
+    """Print a KubeRay RayJob (training) or RayCronJob (nightly scoring of yesterday's partition)
+    generated from a job file; each brings up its own Ray cluster and deletes it afterwards.
+
+    Outputs must be object-store URIs (pods keep nothing): override local ones with --set,
+    e.g. --set score.output=s3://BUCKET/scores/date={date}.
+    """
     from mlc_dist.render import render as render_manifest
 
-    typer.echo(_run(lambda: render_manifest(kind, job, image, set_ or [], schedule, address)),
-               nl=False)
+    typer.echo(_run(lambda: render_manifest(kind, job, image, set_ or [], schedule)), nl=False)
 
 
 @app.command()

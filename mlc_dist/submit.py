@@ -33,11 +33,13 @@ def client(address: str):
     return JobSubmissionClient(address)
 
 
-def entrypoint(command: str, job_path: str, overrides: list[str]) -> str:
-    """The command the cluster runs, in the unpacked working_dir (so paths are relative to it)."""
+def entrypoint(command: str, job_path: str, overrides: list[str],
+               options: tuple[str, ...] = ()) -> str:
+    """The command the cluster runs, in the unpacked working_dir (so paths are relative to it);
+    `options` are the command's own (e.g. score's --date)."""
     if command not in COMMANDS:
         raise ValueError(f"--command {command!r}: expected one of {', '.join(COMMANDS)}")
-    args = ["python", "-m", "mlc_dist.cli", command, job_path]
+    args = ["python", "-m", "mlc_dist.cli", command, job_path, *options]
     for item in overrides:
         args += ["--set", item]
     return " ".join(shlex.quote(a) for a in args)

@@ -1,10 +1,10 @@
 """Rerunnable bulk scoring: `run(job)` scores `score.input` into `score.output`, one committed
 part per input file (commit.py), then the manifest and `_SUCCESS`.
 
-Any `{date}` in the paths is the `--date` partition. Consecutive pending files with one schema
-stream through one dataset, so a drop of many files starts the scoring actors (imports, model
-load) once; a part commits as soon as its rows out plus quarantined reach its rows in, counted
-beforehand.
+Any `{date}` in the paths is the `--date` partition: YYYY-MM-DD, or `yesterday` / `today` in UTC,
+resolved when the job runs. Consecutive pending files with one schema stream through one dataset,
+so a drop of many files starts the scoring actors (imports, model load) once; a part commits as
+soon as its rows out plus quarantined reach its rows in, counted beforehand.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -30,20 +31,36 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "MLC_DIST_FAULT_AFTER_PARTS"  # tests: os._exit right after the n-th committed part
 
 
-def substitute_date(value, date: str | None, key: str):
+#: --date words a scheduler can pass as they are: resolved to UTC dates when the job runs.
+DATE_WORDS = {"today": 0, "yesterday": 1}
+
+
+def resolve_date(date: str, today: dt.date | None = None) -> str:
+    """`--date` as YYYY-MM-DD: a date as given, or `today` / `yesterday` in UTC (`today` defaults
+    to the UTC date now; tests pass it)."""
+    if date in DATE_WORDS:
+        today = today or dt.datetime.now(dt.timezone.utc).date()
+        return (today - dt.timedelta(days=DATE_WORDS[date])).isoformat()
+    # fromisoformat alone also takes 20240501 and 2024-W18-3: only YYYY-MM-DD names a partition.
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        try:
+            return dt.date.fromisoformat(date).isoformat()
+        except ValueError:  # 2024-13-01
+            pass
+    raise JobConfigError(f"--date {date!r}: expected YYYY-MM-DD, today or yesterday (UTC)")
+
+
+def substitute_date(value, date: str | None, key: str, today: dt.date | None = None):
     if value is None:
         return None
     if isinstance(value, list):
-        return [substitute_date(v, date, key) for v in value]
+        return [substitute_date(v, date, key, today) for v in value]
     if "{date}" not in value:
         return value
     if date is None:
-        raise JobConfigError(f"{key}: {value!r} has a {{date}} partition; pass --date YYYY-MM-DD")
-    try:
-        dt.date.fromisoformat(date)
-    except ValueError:
-        raise JobConfigError(f"--date {date!r}: expected YYYY-MM-DD") from None
-    return value.replace("{date}", date)
+        raise JobConfigError(f"{key}: {value!r} has a {{date}} partition; pass --date YYYY-MM-DD "
+                             "(or yesterday / today)")
+    return value.replace("{date}", resolve_date(date, today))
 
 
 def input_files(paths) -> list[str]:
@@ -87,6 +104,9 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     """Score `score.input` into `score.output`; returns the run's figures."""
     from mlc_dist.runtime import init_ray
 
+    if date is not None:
+        # Once: input, output and the manifest then name one day even across midnight.
+        date = resolve_date(date)
     inputs = substitute_date(job.score.input, date, "score.input")
     output = substitute_date(job.score.output, date, "score.output")
     if not inputs or not output:
