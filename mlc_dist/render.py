@@ -103,11 +103,11 @@ def _check_paths(kind: str, job: JobConfig) -> None:
                 raise JobConfigError(
                     f"{key}: {path!r} is relative to the project, whose data the pods do not "
                     f"have (the image carries the code and jobs/); use --set {key}=s3://BUCKET/...")
-    if kind == "cronjob" and ("://" in job.score_model or not os.path.isabs(job.score_model)):
+    if kind == "cronjob" and not (_is_remote(job.score_model) or os.path.isabs(job.score_model)):
         raise JobConfigError(
-            f"score.model: {job.score_model!r}: scoring loads the model from the pod's own disk; "
-            "build an image with the model in it (infra/README.md) and pass "
-            "--set score.model=/models/NAME")
+            f"score.model: {job.score_model!r}: the pods need the model on the object store "
+            "(--set score.model=s3://BUCKET/runs/NAME/model, what a training run with an "
+            "object-store output_dir exports) or in the image (--set score.model=/models/NAME)")
 
 
 def _check_schedule(schedule: str) -> None:

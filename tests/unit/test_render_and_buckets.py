@@ -88,13 +88,18 @@ def test_raycronjob_scores_yesterday_on_schedule_with_deadlines():
     ("cronjob", NIGHTLY, [*REMOTE_SCORE, "score.output=/mnt/scores"], "score.output"),
     ("cronjob", NIGHTLY, REMOTE_SCORE[1:], "score.input"),
     ("cronjob", NIGHTLY, REMOTE_SCORE[:2], "score.model"),
-    ("cronjob", NIGHTLY, [*REMOTE_SCORE[:2], "score.model=s3://b/model"], "score.model"),
+    ("cronjob", NIGHTLY, [*REMOTE_SCORE[:2], "score.model=runs/x/model"], "score.model"),
     ("rayjob", QUICKSTART, REMOTE_TRAIN[1:], "run.output_dir"),
     ("rayjob", QUICKSTART, REMOTE_TRAIN[:1], "data.train"),
 ])
 def test_render_refuses_paths_the_pods_cannot_reach(kind, job, sets, key):
     with pytest.raises(ValueError, match=re.escape(key)):
         render(kind, job, "img", sets)
+
+
+def test_render_takes_a_model_on_the_object_store():
+    out = render("cronjob", NIGHTLY, "img", [*REMOTE_SCORE[:2], "score.model=s3://b/runs/x/model"])
+    assert "score.model=s3://b/runs/x/model" in out
 
 
 @pytest.mark.parametrize("value", ["it's", "a;b", "$HOME", 'x"y'])
