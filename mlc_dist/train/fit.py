@@ -183,6 +183,7 @@ def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, final:
         "steady_tokens_per_s": _per_s(state.steady_tokens, state.steady_time_s),
         "throughput_warmup_steps": job.train.throughput_warmup_steps,
         "num_workers": job.scaling.num_workers,
+        "worker_nodes": state.worker_nodes,  # Ray node id of each rank
         "data": {"train": prepared.train_stats.to_dict(),
                  "validation": prepared.validation_stats.to_dict(),
                  "labels": list(prepared.label_space.names)},

@@ -173,6 +173,17 @@ class Worker:
             log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state.global_step,
                      state.epoch, state.batches_done)
 
+    def record_placement(self) -> None:
+        """Which node each rank runs on (this attempt), for metrics.json."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        nodes = [node]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            nodes = [None] * dist.get_world_size()
+            dist.all_gather_object(nodes, node)
+        self.state.worker_nodes = nodes
+
     def batches(self):
         """This epoch's batches not yet trained (a mid-epoch resume skips what it holds)."""
         done = self.state.batches_done
@@ -283,6 +294,7 @@ def train_loop_per_worker(config: dict) -> None:
     logs.configure(config.get("verbosity", 0))
     w = Worker(config)
     w.resume()
+    w.record_placement()
     state, tcfg = w.state, w.job.train
     clock = StepClock(state, tcfg.throughput_warmup_steps)
     w.engine.model.train()
