@@ -124,10 +124,13 @@ def test_bad_rows_follow_the_policy_with_counts(model_dir, tmp_path, ray_cluster
 
 
 def _scorer_actors() -> int:
+    import ray
     from ray.util.state import list_actors
 
+    # This test's cluster by address: another Ray may run on the machine (the cluster tier's).
+    address = ray.get_runtime_context().gcs_address
     return sum(a.class_name.startswith("MapWorker") and "Scorer" in a.class_name
-               for a in list_actors(limit=10_000))
+               for a in list_actors(address=address, limit=10_000))
 
 
 def test_a_drop_of_files_shares_one_actor_pool(model_dir, tmp_path, ray_cluster):
