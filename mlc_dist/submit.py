@@ -7,6 +7,7 @@ entrypoint it runs; the training itself is cli.py -> train/ on the cluster.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import shlex
 import shutil
@@ -20,8 +21,9 @@ from mlc_dist.config import JobConfigError, load_job
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "score", "evaluate")
 #: Never shipped: environments, outputs, local data and VCS state (gitignore syntax, Ray's own).
-EXCLUDES = [".venv/", "venv/", "runs/", "data/", ".git/", "__pycache__/", "*.pyc", "*.egg-info/",
-            ".pytest_cache/", "build/", ".whl/", ".gl/"]
+#: A leading "/" anchors to the project root: a bare "data/" also dropped the mlc_dist/data package.
+EXCLUDES = ["/.venv/", "/venv/", "/runs/", "/data/", "/.git/", "/build/", "__pycache__/", "*.pyc",
+            "*.egg-info/", ".pytest_cache/", ".whl/", ".gl/"]
 #: Where a job file from outside the project lands inside the shipped working_dir.
 SHIPPED_JOBS = ".mlc_dist_jobs"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -43,6 +45,13 @@ def entrypoint(command: str, job_path: str, overrides: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+def _excluded(directory: str, names: list[str]) -> set[str]:
+    """EXCLUDES for shutil.copytree: root-anchored patterns apply in the project root only."""
+    at_root = Path(directory).resolve() == REPO
+    patterns = [e.strip("/") for e in EXCLUDES if at_root or not e.startswith("/")]
+    return {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
+
+
 def _stage(job_file: Path) -> tuple[str, str, str | None]:
     """(working_dir, job path inside it, temp dir to remove) for a job file.
 
@@ -55,8 +64,7 @@ def _stage(job_file: Path) -> tuple[str, str, str | None]:
         pass
     tmp = tempfile.mkdtemp(prefix="mlc_dist_submit_")
     work = os.path.join(tmp, "project")
-    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(*(e.rstrip("/") for e in EXCLUDES)),
-                    symlinks=True)
+    shutil.copytree(REPO, work, ignore=_excluded, symlinks=True)
     os.makedirs(os.path.join(work, SHIPPED_JOBS))
     shutil.copy(job_file, os.path.join(work, SHIPPED_JOBS, job_file.name))
     return work, f"{SHIPPED_JOBS}/{job_file.name}", tmp
