@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import os
 import shlex
 import shutil
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlc_dist.config import JobConfigError, load_job
 
@@ -32,7 +34,35 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=auth_headers(address))
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_headers(address: str) -> dict:
+    """Ray's token for a head on this machine, where RAY_AUTH_MODE does not say.
+
+    Ray 2.60's `ray start` turns token auth on by itself when a token exists (~/.ray/auth_token,
+    RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH), but its clients send one only when RAY_AUTH_MODE=token:
+    a default local head refused every submission. For a loopback address we send the token Ray
+    itself would read; a remote cluster gets it the documented way (RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), so a local token never goes to another host.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or not _is_loopback(address):
+        return {}  # Ray's own handling: the SDK adds the header in token mode
+    # The loader `ray get-auth-token` uses: same sources, same precedence.
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        return {}
+    return {"Authorization": f"Bearer {loader.get_raw_token(ignore_auth_mode=True)}"}
 
 
 def entrypoint(command: str, job_path: str, overrides: list[str]) -> str:
