@@ -185,6 +185,50 @@ def test_failing_job_returns_nonzero_with_its_error(head, tiny_bert, tmp_path):
     assert "FAILED" in done.stdout.splitlines()[-1]
 
 
+def test_nightly_resubmit_finds_the_first_run_and_a_failed_one_gets_an_attempt(
+        head, tiny_bert, tmp_path):
+    import pyarrow.parquet as pq
+
+    from mlc_dist.demo import generate
+    from mlc_dist.labels import LabelSpace
+
+    from ..conftest import export_tiny_model
+
+    address, env = head
+    model = export_tiny_model(tmp_path / "model", tiny_bert,
+                              LabelSpace.from_names(["toxic", "insult"]), "comment_text")
+    job = tmp_path / "nightly.yaml"
+    job.write_text(yaml.safe_dump({
+        "run": {"name": "nightly"}, "data": {"id_columns": ["id"]},
+        "score": {"input": str(tmp_path / "in" / "{date}.parquet"),
+                  "output": str(tmp_path / "out" / "{date}"), "model": model}}))
+    night = ["submit", str(job), "--address", address, "--command", "score",
+             "--date", "2026-11-29", "--follow"]
+    # The night's input is not there yet: the first attempt fails.
+    failed = _cli(env, *night)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert failed.stdout.splitlines()[0] == "mlc-dist-score-nightly-2026-11-29"
+    # Ray never takes a FAILED job's id again: the retry is attempt 2, and it runs.
+    (tmp_path / "in").mkdir()
+    pq.write_table(generate(30, seed=4).select(["id", "comment_text"]),
+                   tmp_path / "in" / "2026-11-29.parquet")
+    retried = _cli(env, *night)
+    assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
+    assert retried.stdout.splitlines()[0] == "mlc-dist-score-nightly-2026-11-29-attempt2"
+    assert "already submitted" not in retried.stderr
+    # The date reached `score --date` on the cluster: the partition was written.
+    assert list((tmp_path / "out" / "2026-11-29").glob("part-*.parquet"))
+    # Submitting the same night again starts nothing: it reports the run that succeeded.
+    again = _cli(env, *night[:-1], timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == "mlc-dist-score-nightly-2026-11-29-attempt2"
+    assert "already submitted (SUCCEEDED)" in again.stderr
+    ids = [j.submission_id for j in _jobs_client(address, env["RAY_AUTH_TOKEN_PATH"]).list_jobs()
+           if (j.submission_id or "").startswith("mlc-dist-score-nightly-")]
+    assert sorted(ids) == ["mlc-dist-score-nightly-2026-11-29",
+                           "mlc-dist-score-nightly-2026-11-29-attempt2"]
+
+
 def test_scale_one_and_two_workers_writes_table_and_plot(tiny_bert, tmp_path, ray_cluster):
     from mlc_dist.scale import COLUMNS, sweep
 
