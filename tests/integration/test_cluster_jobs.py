@@ -43,7 +43,7 @@ CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AU
 
 @pytest.fixture(scope="module")
 def head():
-    """`ray start --head` on free ports with its own temp dir, so other local clusters are untouched.
+    """`ray start --head` on free ports with its own temp dir: other local clusters are untouched.
 
     Ray's default auth: RAY_AUTH_MODE unset and a token on this machine, so `ray start` turns token
     auth on. The token is this fixture's own file (RAY_AUTH_TOKEN_PATH, for head and clients
@@ -72,8 +72,11 @@ def head():
     # A session of its own: every process of this head stays in it (workers and agents rename
     # themselves, so their command lines do not say whose they are).
     started_at = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    # RAY_ADDRESS for the head's processes only: those that look for "their" cluster (Ray
+    # Train's placement-group cleaner) otherwise find every cluster on this machine and give up.
+    proc = subprocess.Popen(cmd, env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
         output = proc.communicate(timeout=180)[0]
