@@ -273,6 +273,22 @@ def wait_for_nodes(state: dict, timeout: float = 120) -> None:
 
 # --- commands ------------------------------------------------------------------------------
 
+def _check_ports_free(cfg: dict) -> None:
+    """Fail before starting anything: a busy S3 port would otherwise be someone else's server."""
+    wanted = {"MLC_DIST_RAY_PORT": cfg["gcs_port"],
+              "MLC_DIST_DASHBOARD_PORT": cfg["dashboard_port"],
+              "MLC_DIST_RAY_CLIENT_PORT": cfg["client_port"], "MLC_DIST_S3_PORT": cfg["s3_port"]}
+    for i in range(cfg["num_worker_nodes"] + 1):
+        for port in node_ports(cfg, i).values():
+            wanted[f"MLC_DIST_NODE_PORT_BASE (+{port - cfg['node_port_base']})"] = port
+    for setting, port in wanted.items():
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # Ray's gRPC servers listen on every interface
+            except OSError:
+                raise SystemExit(f"port {port} is in use: set {setting} to a free one") from None
+
+
 def up() -> None:
     cfg = settings()
     state_dir = cfg["state_dir"]
@@ -281,6 +297,7 @@ def up() -> None:
                          "run cluster/local/down.sh first")
     if not (PYTHON_BIN / "moto_server").exists():
         raise SystemExit("moto_server not found: pip install -e '.[dev]' (moto[server])")
+    _check_ports_free(cfg)
     os.makedirs(state_dir, exist_ok=True)
     token_path = os.path.join(state_dir, "auth_token")
     # This cluster's own token, so that ~/.ray/auth_token (another cluster's) is left alone.

@@ -1,5 +1,5 @@
-"""One multi-node cluster for the session: cluster/local/up.sh on free ports and its own state
-folder, down.sh at the end whatever happened. Every test here is marked `cluster`."""
+"""One multi-node cluster for this folder: cluster/local/up.sh on free ports and its own state
+folder, down.sh after its last test whatever happened. Every test here is marked `cluster`."""
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ class LocalCluster:
         return self._node_sh("start", node)
 
 
-@pytest.fixture(scope="session")
+# Package scope: down as soon as this folder is done, not idling through the other tiers.
+@pytest.fixture(scope="package")
 def cluster():
     state_dir = tempfile.mkdtemp(prefix="/tmp/mlcc_")  # short: Ray's unix sockets live under it
     base_env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
