@@ -65,14 +65,27 @@ def test_after_failed_attempts_the_next_number_is_taken():
 
 @pytest.fixture
 def token(monkeypatch):
-    from ray._raylet import AuthenticationTokenLoader
+    """Ray's token loader answering "t0ken": the real one is process-wide and cached, and a
+    connected driver's gRPC calls use it (tests/integration reads real tokens end to end)."""
+    import ray._raylet
 
+    class Loader:
+        @staticmethod
+        def instance():
+            return Loader
+
+        @staticmethod
+        def has_token(ignore_auth_mode):
+            return ignore_auth_mode
+
+        @staticmethod
+        def get_raw_token(ignore_auth_mode):
+            assert ignore_auth_mode
+            return "t0ken"
+
+    monkeypatch.setattr(ray._raylet, "AuthenticationTokenLoader", Loader)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "t0ken")
-    AuthenticationTokenLoader.instance().reset_cache()  # Ray caches the first token it reads
-    yield "t0ken"
-    monkeypatch.undo()
-    AuthenticationTokenLoader.instance().reset_cache()
+    return "t0ken"
 
 
 def test_the_token_goes_to_a_head_on_this_machine_only(token, monkeypatch):
