@@ -155,16 +155,26 @@ AddressOpt = Annotated[str, typer.Option(help="Ray dashboard address, e.g. http:
 @app.command()
 def submit(job: JobArg, address: AddressOpt, set_: SetOpt = None,
            command: Annotated[str, typer.Option(help="train | score | evaluate")] = "train",
+           date: Annotated[Optional[str], typer.Option(
+               help="score: the nightly partition YYYY-MM-DD, passed to `score --date`; the "
+                    "submission id becomes mlc-dist-score-<run.name>-<date>, so a retry of the "
+                    "same night finds the first run instead of starting another")] = None,
+           submission_id: Annotated[Optional[str], typer.Option(
+               help="Ray submission id (default: derived from --date, else Ray's own)")] = None,
            follow: Annotated[bool, typer.Option(help="Stream logs; exit with the job's outcome")]
            = False):
     """Submit a job to a Ray cluster with the Ray Jobs SDK; prints the job id."""
     from mlc_dist import submit as jobs_api
 
-    job_id = _run(lambda: jobs_api.submit(job, address, set_ or [], command))
-    typer.echo(job_id)
+    submitted = _run(lambda: jobs_api.submit(job, address, set_ or [], command,
+                                             submission_id=submission_id, date=date))
+    typer.echo(submitted.job_id)
+    if submitted.existing:
+        typer.echo(f"job {submitted.job_id} already submitted ({submitted.existing}): "
+                   "not submitted again", err=True)
     if follow:
-        final = jobs_api.follow(job_id, address)
-        typer.echo(f"job {job_id}: {final}")
+        final = jobs_api.follow(submitted.job_id, address)
+        typer.echo(f"job {submitted.job_id}: {final}")
         raise typer.Exit(0 if final == "SUCCEEDED" else 1)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -35,19 +36,31 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+#: What a shell of the developer may carry (up.sh's exports, init_ray's token mode): not ours.
+CLIENT_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+               "RAY_AUTH_TOKEN_PATH")
+
+
 @pytest.fixture(scope="module")
 def head():
-    """`ray start --head` on free ports with its own temp dir, so other local clusters are untouched."""
+    """`ray start --head` on free ports with its own temp dir: other local clusters are untouched.
+
+    Ray's default auth: RAY_AUTH_MODE unset and a token on this machine, so `ray start` turns token
+    auth on. The token is this fixture's own file (RAY_AUTH_TOKEN_PATH, for head and clients
+    alike) rather than ~/.ray/auth_token, which may or may not exist where the tests run.
+    """
     temp_dir = tempfile.mkdtemp(prefix="/tmp/mlc7_")  # short: Ray's unix sockets live under it
-    gcs, dash, metrics, agent_http, agent_grpc, env_agent = _free_ports(6)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           # Head and clients must agree on auth; an ~/.ray/auth_token left by another cluster
-           # on this machine must not switch ours to token mode. Dashboard is on 127.0.0.1.
-           "RAY_AUTH_MODE": "disabled",
-           # The job's entrypoint runs `python` from the head's PATH: this venv's, as in an image.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
+    token_path = os.path.join(temp_dir, "auth_token")
+    with open(token_path, "w") as f:
+        f.write(secrets.token_hex(32))
+    gcs, dash, metrics, agent_http, agent_grpc, env_agent, client = _free_ports(7)
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARS}
+    env.update({"PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1",
+                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "RAY_AUTH_TOKEN_PATH": token_path,
+                # The job's entrypoint runs `python` from the head's PATH: this venv's, as in an
+                # image.
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
            f"--temp-dir={temp_dir}", f"--metrics-export-port={metrics}",
@@ -55,40 +68,76 @@ def head():
            # own local cluster included); a job agent that cannot bind never registers.
            f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
-           "--disable-usage-stats"]
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+           f"--ray-client-server-port={client}", "--disable-usage-stats"]
+    # A session of its own: every process of this head stays in it (workers and agents rename
+    # themselves, so their command lines do not say whose they are).
+    started_at = time.time()
+    # RAY_ADDRESS for the head's processes only: those that look for "their" cluster (Ray
+    # Train's placement-group cleaner) otherwise find every cluster on this machine and give up.
+    proc = subprocess.Popen(cmd, env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
-        _wait_for_jobs_api(address)
+        output = proc.communicate(timeout=180)[0]
+        assert proc.returncode == 0, output[-4000:]
+        _wait_for_jobs_api(address, token_path)
         yield address, env
     finally:
-        # `ray stop` would stop every cluster on the machine: end only our processes, found by
-        # the temp dir that only they were started with.
-        import psutil
-
-        ours = [p for p in psutil.process_iter(["cmdline"])
-                if any(temp_dir in part for part in (p.info["cmdline"] or []))]
-        for p in ours:
-            p.terminate()
-        for p in psutil.wait_procs(ours, timeout=15)[1]:
-            p.kill()
+        _end_session(proc.pid, started_at)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _wait_for_jobs_api(address: str, timeout: float = 180) -> None:
-    # The dashboard (which serves the Jobs API) comes up after `ray start` returns.
+def _end_session(sid: int, started_at: float) -> None:
+    """End the processes of one session; `ray stop` would stop every cluster on the machine.
+    In `ray stop`'s order: raylets (they unregister from the GCS), the rest, the GCS last."""
+    import psutil
+
+    def rank(p):
+        try:
+            if os.getsid(p.pid) == sid and p.create_time() >= started_at - 1:
+                return {"raylet": 0, "gcs_server": 2}.get(p.name(), 1)
+        except (psutil.Error, OSError):
+            pass
+        return None
+
+    for step in range(3):
+        procs = [p for p in psutil.process_iter() if rank(p) == step]
+        for p in procs:
+            p.terminate()
+        for p in psutil.wait_procs(procs, timeout=15)[1]:
+            p.kill()
+
+
+def _jobs_client(address: str, token_path: str | None):
     from ray.job_submission import JobSubmissionClient
 
+    token = Path(token_path).read_text() if token_path else None
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token
+                               else None)
+
+
+def _wait_for_jobs_api(address: str, token_path: str, timeout: float = 180) -> None:
+    # The dashboard (which serves the Jobs API) comes up after `ray start` returns.
     deadline = time.monotonic() + timeout
     while True:
         try:
-            JobSubmissionClient(address).list_jobs()
+            _jobs_client(address, token_path).list_jobs()
             return
         except Exception:  # noqa: BLE001 - not up yet
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
+
+
+def test_head_has_token_auth_on(head):
+    from ray.exceptions import AuthenticationError
+
+    address, env = head
+    # What failed before: a client that sends no token (or another one) is refused.
+    with pytest.raises(AuthenticationError):
+        _jobs_client(address, None).list_jobs()
+    assert isinstance(_jobs_client(address, env["RAY_AUTH_TOKEN_PATH"]).list_jobs(), list)
 
 
 def _cli(env, *args, timeout=420):
@@ -137,6 +186,50 @@ def test_failing_job_returns_nonzero_with_its_error(head, tiny_bert, tmp_path):
     assert done.returncode == 1, done.stdout[-2000:]
     assert "missing.csv: file not found" in done.stdout
     assert "FAILED" in done.stdout.splitlines()[-1]
+
+
+def test_nightly_resubmit_finds_the_first_run_and_a_failed_one_gets_an_attempt(
+        head, tiny_bert, tmp_path):
+    import pyarrow.parquet as pq
+
+    from mlc_dist.demo import generate
+    from mlc_dist.labels import LabelSpace
+
+    from ..conftest import export_tiny_model
+
+    address, env = head
+    model = export_tiny_model(tmp_path / "model", tiny_bert,
+                              LabelSpace.from_names(["toxic", "insult"]), "comment_text")
+    job = tmp_path / "nightly.yaml"
+    job.write_text(yaml.safe_dump({
+        "run": {"name": "nightly"}, "data": {"id_columns": ["id"]},
+        "score": {"input": str(tmp_path / "in" / "{date}.parquet"),
+                  "output": str(tmp_path / "out" / "{date}"), "model": model}}))
+    night = ["submit", str(job), "--address", address, "--command", "score",
+             "--date", "2026-11-29", "--follow"]
+    # The night's input is not there yet: the first attempt fails.
+    failed = _cli(env, *night)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert failed.stdout.splitlines()[0] == "mlc-dist-score-nightly-2026-11-29"
+    # Ray never takes a FAILED job's id again: the retry is attempt 2, and it runs.
+    (tmp_path / "in").mkdir()
+    pq.write_table(generate(30, seed=4).select(["id", "comment_text"]),
+                   tmp_path / "in" / "2026-11-29.parquet")
+    retried = _cli(env, *night)
+    assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
+    assert retried.stdout.splitlines()[0] == "mlc-dist-score-nightly-2026-11-29-attempt2"
+    assert "already submitted" not in retried.stderr
+    # The date reached `score --date` on the cluster: the partition was written.
+    assert list((tmp_path / "out" / "2026-11-29").glob("part-*.parquet"))
+    # Submitting the same night again starts nothing: it reports the run that succeeded.
+    again = _cli(env, *night[:-1], timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == "mlc-dist-score-nightly-2026-11-29-attempt2"
+    assert "already submitted (SUCCEEDED)" in again.stderr
+    ids = [j.submission_id for j in _jobs_client(address, env["RAY_AUTH_TOKEN_PATH"]).list_jobs()
+           if (j.submission_id or "").startswith("mlc-dist-score-nightly-")]
+    assert sorted(ids) == ["mlc-dist-score-nightly-2026-11-29",
+                           "mlc-dist-score-nightly-2026-11-29-attempt2"]
 
 
 def test_scale_one_and_two_workers_writes_table_and_plot(tiny_bert, tmp_path, ray_cluster):
