@@ -214,7 +214,7 @@ def raycronjob(job: JobConfig, job_path: str, image: str, overrides: list[str],
     """A RayCronJob: each night a RayJob with its own cluster (score.num_actors workers) scores
     the `{date}` partition of yesterday, in UTC, and the cluster goes when it is done."""
     # The word, not a date: the pod resolves it when it runs (scoring/nightly.py).
-    command = entrypoint("score", _job_in_image(job_path), overrides, ("--date", "yesterday"))
+    command = entrypoint("score", _job_in_image(job_path), overrides, date="yesterday")
     return {
         "apiVersion": "ray.io/v1", "kind": "RayCronJob",
         "metadata": {"name": _k8s_name(job.run.name, "nightly", MAX_RAYCRONJOB_NAME),

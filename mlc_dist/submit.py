@@ -42,15 +42,6 @@ def client(address: str):
     return JobSubmissionClient(address, headers=auth_headers(address))
 
 
-<<<<<<< HEAD
-def entrypoint(command: str, job_path: str, overrides: list[str],
-               options: tuple[str, ...] = ()) -> str:
-    """The command the cluster runs, in the unpacked working_dir (so paths are relative to it);
-    `options` are the command's own (e.g. score's --date)."""
-    if command not in COMMANDS:
-        raise ValueError(f"--command {command!r}: expected one of {', '.join(COMMANDS)}")
-    args = ["python", "-m", "mlc_dist.cli", command, job_path, *options]
-=======
 def _is_loopback(address: str) -> bool:
     host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
     try:
@@ -80,13 +71,13 @@ def auth_headers(address: str) -> dict:
 
 
 def entrypoint(command: str, job_path: str, overrides: list[str], date: str | None = None) -> str:
-    """The command the cluster runs, in the unpacked working_dir (so paths are relative to it)."""
+    """The command the cluster runs, in the unpacked working_dir (so paths are relative to it);
+    `date` is score's --date (YYYY-MM-DD, or `yesterday` resolved where it runs)."""
     if command not in COMMANDS:
         raise ValueError(f"--command {command!r}: expected one of {', '.join(COMMANDS)}")
     args = ["python", "-m", "mlc_dist.cli", command, job_path]
     if date is not None:
         args += ["--date", date]
->>>>>>> localcluster
     for item in overrides:
         args += ["--set", item]
     return " ".join(shlex.quote(a) for a in args)
