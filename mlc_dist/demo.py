@@ -6,11 +6,14 @@ For the quickstart and tests: the real Jigsaw set cannot be shipped, its layout 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from mlc_dist import storage
 
 JIGSAW_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 
@@ -113,7 +116,13 @@ _KINDS = {"text": generate, "tabular": generate_tabular, "severity": generate_se
 
 
 def write_demo_kind(out_dir: str, kind: str, rows: int, seed: int = 0) -> dict[str, str]:
-    """train.parquet (labelled) and score.parquet (no labels, a quarter the size) for `kind`."""
+    """train.parquet (labelled) and score.parquet (no labels, a quarter the size) for `kind`
+    (text: train.csv, the Jigsaw layout); `out_dir` may be an object-store URI."""
+    if storage.is_uri(out_dir):
+        with tempfile.TemporaryDirectory() as local:
+            paths = write_demo_kind(local, kind, rows, seed)
+            storage.upload_dir(local, out_dir)
+        return {k: storage.join(out_dir, os.path.basename(p)) for k, p in paths.items()}
     if kind == "text":
         return write_demo(out_dir, rows, seed)
     os.makedirs(out_dir, exist_ok=True)

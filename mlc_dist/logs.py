@@ -100,6 +100,18 @@ def quiet_libraries(level: int) -> None:
     _drop(context, "Reporting training result ")
 
 
+def ray_runtime_env() -> dict:
+    """What a job's Ray processes need for the same output as ours: the verbosity, transformers'
+    bars off, and `quiet_ray_worker` in every worker process. For a runtime_env of our own
+    (a local cluster, a driver joining one, a submission)."""
+    level = verbosity()
+    env = {VERBOSITY_ENV: str(level)}
+    if level >= VERBOSE:
+        return {"env_vars": env}
+    return {"env_vars": {**env, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+            "worker_process_setup_hook": "mlc_dist.logs.quiet_ray_worker"}
+
+
 def quiet_ray_worker() -> None:
     """Ray's worker_process_setup_hook for the local cluster: the same silencing in every worker
     process (Ray Data's coordinators, Train workers, scoring actors)."""

@@ -36,7 +36,10 @@ def init_ray(min_cpus: float = 0) -> None:
     # Ray Train V2 copies a worker's print() into its logger as well: every line came out twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        # A submitted job's driver has the submission's runtime_env (submit.py adds ours); Ray
+        # ignores another one there. A driver joining from a shell brings its own.
+        submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(log_to_driver=True, runtime_env=None if submitted else logs.ray_runtime_env())
         return
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999) + 2)
     # Ray Train's preemption watcher only reports spot-node drains, which a local cluster has
@@ -50,5 +53,5 @@ def init_ray(min_cpus: float = 0) -> None:
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True,
              # The same silencing in every process of the cluster (logs.quiet_libraries).
-             runtime_env={"worker_process_setup_hook": "mlc_dist.logs.quiet_ray_worker"})
+             runtime_env=logs.ray_runtime_env())
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)

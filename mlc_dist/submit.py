@@ -145,10 +145,14 @@ AGENT_WAIT_S = 120
 
 
 def runtime_env(working_dir: str) -> dict:
-    env_vars = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    from mlc_dist import logs
+
+    ours = logs.ray_runtime_env()  # the job's processes print as a local run does
+    env_vars = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false",
+                **ours.pop("env_vars")}
     if os.environ.get("HF_HUB_OFFLINE"):
         env_vars["HF_HUB_OFFLINE"] = os.environ["HF_HUB_OFFLINE"]
-    return {"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env_vars}
+    return {"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env_vars, **ours}
 
 
 def submit(job_path: str, address: str, overrides: list[str] | None = None,

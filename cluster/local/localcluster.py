@@ -46,7 +46,9 @@ def settings() -> dict:
         # Node i (0 = head) takes the 10 ports from base + 10 * i (6 are used).
         "node_port_base": _env_int("MLC_DIST_NODE_PORT_BASE", 26400),
         "num_worker_nodes": _env_int("MLC_DIST_NUM_WORKER_NODES", 2),
-        "head_cpus": _env_int("MLC_DIST_HEAD_CPUS", 1),
+        # 0, as KubeRay advises: the head keeps the GCS, the dashboard and the drivers; training
+        # workers, Ray Data tasks and scoring actors all run on the worker nodes.
+        "head_cpus": _env_int("MLC_DIST_HEAD_CPUS", 0),
         "worker_cpus": _env_int("MLC_DIST_WORKER_CPUS", 2),
         "object_store_mb": _env_int("MLC_DIST_OBJECT_STORE_MB", 400),
     }
@@ -201,7 +203,9 @@ def start_object_store(state: dict) -> None:
 def _node_args(state: dict, name: str) -> list[str]:
     node = state["nodes"][name]
     ports = node["ports"]
-    args = [f"--node-ip-address={HOST}", f"--temp-dir={state['temp_dir']}",
+    # A temp dir per node, as on separate machines: a node's log monitor forwards what is in its
+    # own session folder, and one shared folder printed every worker line once per node.
+    args = [f"--node-ip-address={HOST}", f"--temp-dir={os.path.join(state['temp_dir'], name)}",
             f"--num-cpus={node['num_cpus']}", "--num-gpus=0",
             f"--object-store-memory={state['object_store_mb'] * 1024 * 1024}",
             # Tests target a node by its resource or label; the name shows in `ray status`.

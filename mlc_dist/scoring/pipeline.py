@@ -128,7 +128,5 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
         Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
-        num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker,
-        # Several actors go to different nodes when they can: a drop uses the whole cluster.
-        scheduling_strategy="SPREAD" if sc.num_actors > 1 else "DEFAULT")
+        num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
 

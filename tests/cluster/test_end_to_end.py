@@ -95,6 +95,18 @@ def _worker_node_ids(cluster) -> set[str]:
     return {n["node_id"] for name, n in state["nodes"].items() if name != "head"}
 
 
+def _scorer_nodes(cluster) -> list[str]:
+    code = ("import json, os\n"
+            "from ray.util.state import list_actors\n"
+            "actors = list_actors(address=os.environ['RAY_API_SERVER_ADDRESS'], detail=True,\n"
+            "                     limit=10_000, raise_on_missing_output=False)\n"
+            "print(json.dumps([a.node_id for a in actors if 'Scorer' in a.class_name]))")
+    done = subprocess.run([sys.executable, "-c", code], env=cluster.client_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_two_workers_train_on_two_nodes_with_everything_on_the_object_store(cluster, workspace,
                                                                             trained):
     fs, prefix = workspace["fs"], workspace["prefix"]
@@ -125,6 +137,9 @@ def test_nightly_score_from_and_to_the_object_store_equals_local_scoring(cluster
     ids = scored.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == drop.num_rows == manifest["rows_out"]
     assert sorted(ids) == sorted(drop.column("id").to_pylist())
+
+    # The two scoring actors ran on the two worker nodes (the head keeps no workloads).
+    assert set(_scorer_nodes(cluster)) == _worker_node_ids(cluster)
 
     # The same rows scored in this process from a local copy of the export: equal to 1e-5.
     from mlc_dist.data import Tokenize

@@ -51,3 +51,13 @@ def test_upload_move_and_json_round_trip(export, tmp_path):
     assert storage.read_json(storage.join(dest, "x.json")) == {"a": [1, 2]}
     storage.move_dir(dest, f"file://{tmp_path}/moved")
     assert not storage.exists(dest) and storage.is_file(f"file://{tmp_path}/moved/x.json")
+
+
+def test_demo_data_goes_to_an_object_store_uri(tmp_path):
+    from mlc_dist.demo import write_demo_kind
+
+    paths = write_demo_kind(f"file://{tmp_path}/bucket/demo", "text", rows=40)
+    assert paths == {"train": f"file://{tmp_path}/bucket/demo/train.csv",
+                     "score": f"file://{tmp_path}/bucket/demo/score.parquet"}
+    assert storage.list_files(f"file://{tmp_path}/bucket/demo") == ["score.parquet", "train.csv"]
+    assert len(storage.read_bytes(paths["train"]).splitlines()) == 41  # header + 40 rows
