@@ -287,6 +287,8 @@ def _check_ports_free(cfg: dict) -> None:
             wanted[f"MLC_DIST_NODE_PORT_BASE (+{port - cfg['node_port_base']})"] = port
     for setting, port in wanted.items():
         with socket.socket() as s:
+            # As the servers themselves bind: a port a cluster just released (TIME_WAIT) is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("", port))  # Ray's gRPC servers listen on every interface
             except OSError:
