@@ -18,22 +18,15 @@ import torch
 from mlc_dist import data
 from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import JobConfig
+from mlc_dist.precision import resolve
 from mlc_dist.scoring.textcheck import OK, REASON, SCORED, CheckText
 
 log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 (fp16 without bf16 support) on GPU; fp32 on CPU unless it has AMX bf16."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "bf16" if " amx_bf16" in f.read() else "fp32"
-    except OSError:
-        return "fp32"
+    """The scorer's precision on its device (see `mlc_dist.precision.resolve`)."""
+    return resolve(precision, device, key="score.precision", training=False)
 
 
 class Scorer:
