@@ -8,7 +8,6 @@ file layouts data/'s, what the outputs mean the output schema's (models/outputs.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +28,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return resolve(precision, device, key="score.precision", training=False)
 
 
+def assigned_device() -> torch.device:
+    """Inside a Ray actor: its GPU only if Ray assigned one (Ray then sets CUDA_VISIBLE_DEVICES,
+    so it is cuda:0), else CPU, never an unreserved GPU of a shared node. Outside Ray: cuda:0 if
+    there is one."""
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        return torch.device("cuda", 0) if gpus else torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def actor_threads(num_actors: int, reserved_cpus: float) -> int:
+    """Torch threads for one scoring actor: its node's CPUs (as Ray counts them, cgroup limits
+    included) shared by the pool, and never fewer than it reserved. Computed in the actor, on its
+    own node: the driver's `os.cpu_count()` says nothing about a worker node."""
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
+    return max(1, int(reserved_cpus), int(cpus) // num_actors)
+
+
 class Scorer:
     """Loads the exported model once per actor; maps token batches to per-label scores.
 
@@ -45,7 +63,7 @@ class Scorer:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model, tokenizer, self.meta = load_export(model_dir)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = assigned_device()
         self.model.to(self.device)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
@@ -79,6 +97,15 @@ class Scorer:
                             enabled=self.dtype is not None):
             logits = self.model(**inputs).logits
         return self.outputs.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
+
+
+class _PoolScorer(Scorer):
+    """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
+
+    def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
+                 reserved_cpus):
+        super().__init__(model_dir, passthrough, precision,
+                         threads or actor_threads(num_actors, reserved_cpus), batch_size)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -116,9 +143,10 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     sc = job.score
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
-    threads = sc.threads_per_actor or max(1, (os.cpu_count() or 1) // sc.num_actors)
     return ds.map_batches(
-        Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size),
+        _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
+                                          sc.threads_per_actor, batch_size, sc.num_actors,
+                                          job.scaling.cpus_per_worker),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
