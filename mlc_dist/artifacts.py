@@ -90,6 +90,7 @@ def load_export(directory: str, trust_remote_code: bool = False):
     An object-store export is read from this machine's content-keyed copy (storage.local_copy).
     Importing mlc_dist.models registers our own model classes with the Auto* classes.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import mlc_dist.models  # noqa: F401
@@ -97,7 +98,8 @@ def load_export(directory: str, trust_remote_code: bool = False):
     directory = storage.local_copy(directory)
     meta = read_meta(directory)
     model = AutoModelForSequenceClassification.from_pretrained(
-        directory, trust_remote_code=trust_remote_code, use_safetensors=True)
+        directory, trust_remote_code=trust_remote_code, use_safetensors=True,
+        dtype=torch.float32)  # the scorer casts once for its precision
     has_tokenizer = os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
     return model.eval(), tokenizer, meta

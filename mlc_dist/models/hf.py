@@ -88,7 +88,10 @@ def _from_pretrained(auto_class, path: str, **kwargs) -> nn.Module:
     quiet = _NoLoadReport()
     report.addFilter(quiet)
     try:
-        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+        # fp32 parameters whatever the checkpoint stores (transformers 5 keeps a 16-bit hub
+        # checkpoint 16-bit): autocast or DeepSpeed run the low precision over fp32 masters.
+        model, info = auto_class.from_pretrained(path, output_loading_info=True,
+                                                 dtype=torch.float32, **kwargs)
     finally:
         report.removeFilter(quiet)
     prefix = f"{model.base_model_prefix}."
