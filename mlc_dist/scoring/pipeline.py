@@ -64,10 +64,11 @@ class Scorer:
             torch.set_num_threads(num_threads)
         self.model, tokenizer, self.meta = load_export(model_dir)
         self.device = assigned_device()
-        self.model.to(self.device)
+        # Cast once for the precision (autocast would re-cast every weight on every forward).
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            resolve_precision(precision, self.device)]
+        self.model.to(self.device, dtype)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            resolve_precision(precision, self.device))
         self.passthrough, self.batch_size = passthrough, batch_size
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
         self.outputs = self.meta.outputs
@@ -83,20 +84,26 @@ class Scorer:
             ids = batch["input_ids"]
             lengths = np.fromiter((len(ids[i]) for i in todo), dtype=np.int64, count=len(todo))
             todo = todo[np.argsort(lengths, kind="stable")]
-        for start in range(0, len(todo), self.batch_size):
-            rows = todo[start:start + self.batch_size]
-            probs[rows] = self._forward({k: batch[k][rows] for k in inputs})
+        # Sub-batch results stay on the device; one copy back per window, not per sub-batch.
+        chunks = [self._forward({k: batch[k][todo[i:i + self.batch_size]] for k in inputs})
+                  for i in range(0, len(todo), self.batch_size)]
+        if chunks:
+            probs[todo] = torch.cat(chunks).cpu().numpy()
         out = {c: batch[c] for c in self.passthrough}
         out.update(self.outputs.columns(probs, self.thresholds))
         return out
 
-    def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = {k: torch.from_numpy(v).to(self.device)
+    def _forward(self, tokens: dict[str, np.ndarray]) -> torch.Tensor:
+        cuda = self.device.type == "cuda"
+        inputs = {k: self._to_device(torch.from_numpy(v), cuda)
                   for k, v in data.pad_batch(tokens, self.pad_token_id).items()}
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
-            logits = self.model(**inputs).logits
-        return self.outputs.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
+        logits = self.model(**inputs).logits
+        return self.outputs.probabilities(logits.float())  # [B, num_outputs], on the device
+
+    def _to_device(self, t: torch.Tensor, cuda: bool) -> torch.Tensor:
+        if t.is_floating_point():  # tabular features: the model's dtype
+            t = t.to(next(self.model.parameters()).dtype)
+        return t.pin_memory().to(self.device, non_blocking=True) if cuda else t
 
 
 class _PoolScorer(Scorer):
