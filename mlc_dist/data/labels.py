@@ -13,6 +13,7 @@ import ray
 import ray.data
 
 from mlc_dist.config import DataConfig
+from mlc_dist.data.strings import as_string
 from mlc_dist.data.read import FEATURES, KEY, LABELS, PATH, TEXT, TEXT_PAIR, DataError, read_table
 from mlc_dist.labels import LabelSpace
 
@@ -39,10 +40,14 @@ def label_space_for(cfg: DataConfig, labels_table: pa.Table | None = None) -> La
 
 
 def _label_names(cfg: DataConfig, labels_table: pa.Table | None) -> LabelSpace:
-    if cfg.label_names_file:
-        return LabelSpace.from_file(cfg.label_names_file)
-    if cfg.label_names:
-        return LabelSpace.from_names(cfg.label_names)
+    try:  # duplicate or blank names are the user's to fix: DataError (exit 2), not ValueError
+        if cfg.label_names_file:
+            return LabelSpace.from_file(cfg.label_names_file)
+        if cfg.label_names:
+            return LabelSpace.from_names(cfg.label_names)
+    except ValueError as exc:
+        raise DataError(str(exc) if cfg.label_names_file else f"data.label_names: {exc}") \
+            from None
     if cfg.label_columns:
         return LabelSpace.from_names(cfg.label_columns)
     if labels_table is not None:
@@ -100,13 +105,25 @@ class Normalize:
     def _text(self, batch: pa.Table, out: dict) -> pa.Table:
         """Text[, text pair] columns as strings; null or blank texts flagged in `_empty`."""
         cfg = self.cfg
-        text = batch.column(cfg.text_column).cast(pa.string())
+        text = self._string(batch, cfg.text_column)
         empty = pc.or_(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text.fill_null("")), ""))
         out[TEXT] = text.fill_null("")
         if cfg.text_pair_column:
-            out[TEXT_PAIR] = batch.column(cfg.text_pair_column).cast(pa.string()).fill_null("")
+            out[TEXT_PAIR] = self._string(batch, cfg.text_pair_column).fill_null("")
         keys = keys_of(batch, cfg.id_columns, cfg.text_column, cfg.text_pair_column)
         return self._finish(batch, out, empty, keys)
+
+    def _string(self, batch: pa.Table, name: str) -> pa.Array:
+        """A text column of any string-like type as `string`; bytes that are not UTF-8 are an
+        error naming the row (scoring quarantines them instead)."""
+        normalised = as_string(batch.column(name))
+        if normalised is None:
+            return batch.column(name).cast(pa.string())
+        text, invalid = normalised
+        if invalid.any():
+            raise DataError(f"{_row_ref(batch, int(np.argmax(invalid)), self.cfg.id_columns)}: "
+                            f"column {name!r} is not valid UTF-8")
+        return text
 
     def _tabular(self, batch: pa.Table, out: dict) -> pa.Table:
         """Feature columns -> one float32 vector column; rows with a missing value are an error."""
@@ -216,11 +233,16 @@ def keys_of(batch: pa.Table, id_columns: list[str], text_column: str | None = No
     """A stable row key: the id columns when given, else a hash of the text (duplicates of one
     text then share a key and land on the same side of a split, which avoids leakage)."""
     if id_columns:
-        cols = [batch.column(c).cast(pa.string()).fill_null("").to_pylist() for c in id_columns]
+        cols = [_id_strings(batch.column(c)).fill_null("").to_pylist() for c in id_columns]
         return ["\x1f".join(vals) for vals in zip(*cols)]
-    cols = [batch.column(c).cast(pa.string()).fill_null("").to_pylist()
+    cols = [_id_strings(batch.column(c)).fill_null("").to_pylist()
             for c in (text_column, pair_column) if c]
     return [hashlib.blake2b("\x1f".join(v).encode(), digest_size=12).hexdigest() for v in zip(*cols)]
+
+
+def _id_strings(col) -> pa.Array:
+    normalised = as_string(col)  # dictionary / string_view / binary ids: the same key as a string
+    return normalised[0] if normalised else col.cast(pa.string())
 
 
 def _tensor_column(matrix: np.ndarray) -> pa.Array:

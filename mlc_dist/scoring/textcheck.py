@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlc_dist.data import PATH, TEXT, TEXT_PAIR, DataError
+from mlc_dist.data.strings import as_string
 
 REASON = "_reason"
 OK, TRUNCATED = "", "truncated"
@@ -44,16 +45,19 @@ class CheckText:
                 reason[long] = TRUNCATED
             else:
                 reason[long] = TOO_LONG
+        ids = _as_ids(batch, self.passthrough, reason)
         bad = np.isin(reason, BAD)
         if bad.any() and self.on_bad_text == "fail":
             i = int(np.argmax(bad))
             ids = ", ".join(f"{c}={batch.column(c)[i].as_py()!r}" for c in self.passthrough)
             raise DataError(f"{_where(batch, i)}: row {ids or i}: column {self.text_column!r} is "
                             f"{reason[i].replace('_', ' ')} (score.on_bad_text: fail)")
-        out = {c: batch.column(c) for c in self.passthrough}
+        out = ids
         out[TEXT] = pc.fill_null(text, "")
         if self.pair_column:  # the second text of pair models is optional context: null -> ""
-            out[TEXT_PAIR] = pc.fill_null(batch.column(self.pair_column).cast(pa.string()), "")
+            pair = as_string(batch.column(self.pair_column))
+            out[TEXT_PAIR] = pc.fill_null(pair[0] if pair else
+                                          batch.column(self.pair_column).cast(pa.string()), "")
         out[REASON] = pa.array(reason, pa.string())
         return pa.table(out)
 
@@ -62,30 +66,27 @@ def _as_text(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(string array with nulls where not a usable text, reason per row)."""
     n = len(col)
     reason = np.full(n, OK, dtype=object)
-    if pa.types.is_large_string(col.type):
-        col = col.cast(pa.string())
-    if pa.types.is_string(col.type):
-        try:
-            col.validate(full=True)
-        except pa.ArrowInvalid:  # invalid UTF-8 bytes in a string column: check row by row
-            col = col.cast(pa.binary())
-    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-        values = []
-        for i, v in enumerate(col.to_pylist()):
-            try:
-                values.append(None if v is None else v.decode("utf-8"))
-            except UnicodeDecodeError:
-                values.append(None)
-                reason[i] = INVALID_UTF8
-        col = pa.array(values, pa.string())
-    elif pa.types.is_null(col.type):
-        col = pa.nulls(n, pa.string())
-    elif not pa.types.is_string(col.type):
-        reason[:] = NON_STRING
-        col = pa.nulls(n, pa.string())
+    normalised = as_string(col)  # any string-like type is text: dictionary, string_view, binary
+    if normalised is None:
+        return pa.nulls(n, pa.string()), np.full(n, NON_STRING, dtype=object)
+    col, invalid = normalised
+    reason[invalid] = INVALID_UTF8
     nulls = col.is_null().to_numpy(zero_copy_only=False)
     reason[nulls & (reason == OK)] = NULL_TEXT
     return col, reason
+
+
+def _as_ids(batch: pa.Table, columns: list[str], reason: np.ndarray) -> dict[str, pa.Array]:
+    """String-like id columns as `string`; an id that is not UTF-8 quarantines its row."""
+    out = {}
+    for c in columns:
+        normalised = as_string(batch.column(c))
+        if normalised is None:  # numeric ids stay as they are
+            out[c] = batch.column(c)
+            continue
+        out[c], invalid = normalised
+        reason[invalid & np.isin(reason, SCORED)] = INVALID_UTF8
+    return out
 
 
 def _where(batch: pa.Table, row: int = 0) -> str:

@@ -119,3 +119,17 @@ def test_detect_format_and_missing_files(tmp_path):
         data.expand_paths([str(tmp_path / "nope.csv")])
     with pytest.raises(data.DataError, match="no file matches"):
         data.expand_paths([str(tmp_path / "*.csv")])
+
+
+def test_training_reads_string_like_texts_and_names_a_row_that_is_not_utf8():
+    cfg = DataConfig(text_column="comment_text", id_columns=["id"], label_columns=JIGSAW)
+    space = LabelSpace.from_names(JIGSAW)
+    batch = jigsaw_batch(id=pa.array(["a1", "a2", "a3"]).dictionary_encode(),
+                         comment_text=pa.array(["you fool", None, "nice"]).cast(pa.string_view()))
+    out = data.Normalize(cfg, space)(batch)
+    assert out.column("text").to_pylist() == ["you fool", "", "nice"]
+    assert out.column("_key").to_pylist() == ["a1", "a2", "a3"]
+    binary = jigsaw_batch(comment_text=pa.array([b"ok", b"caf\xe9", b"fine"], pa.binary()))
+    with pytest.raises(data.DataError, match=r"train.csv: row with id='a2'.*'comment_text' is "
+                                             r"not valid UTF-8"):
+        data.Normalize(cfg, space)(binary)
