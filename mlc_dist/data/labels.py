@@ -14,7 +14,8 @@ import ray.data
 
 from mlc_dist.config import DataConfig
 from mlc_dist.data.strings import as_string
-from mlc_dist.data.read import FEATURES, KEY, LABELS, PATH, TEXT, TEXT_PAIR, DataError, read_table
+from mlc_dist.data.read import (FEATURES, KEY, LABELS, LINE, PATH, READ_ERROR, TEXT, TEXT_PAIR,
+                                DataError, read_table)
 from mlc_dist.labels import LabelSpace
 
 
@@ -27,7 +28,8 @@ def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
     missing = [c for c in cfg.id_columns if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing id column(s) {missing}; columns are {table.column_names}")
-    return table.drop_columns([PATH])
+    _refuse_unreadable_rows(table)
+    return table.drop_columns([c for c in (PATH, LINE, READ_ERROR) if c in table.column_names])
 
 
 def label_space_for(cfg: DataConfig, labels_table: pa.Table | None = None) -> LabelSpace:
@@ -63,6 +65,19 @@ def _row_ref(batch: pa.Table, row: int, id_columns: list[str]) -> str:
     return f"{path}: row with {ids}" if ids else f"{path}: row {row} of a batch"
 
 
+def _refuse_unreadable_rows(batch: pa.Table) -> None:
+    """Training has no quarantine: a CSV/TSV/JSONL row that could not be read is an error."""
+    if READ_ERROR not in batch.column_names:
+        return
+    bad = pc.not_equal(batch.column(READ_ERROR), "").to_numpy(zero_copy_only=False)
+    if bad.any():
+        i = int(np.argmax(bad))
+        path = batch.column(PATH)[i].as_py() if PATH in batch.column_names else "<input>"
+        raise DataError(f"{path}: line {batch.column(LINE)[i].as_py()}: "
+                        f"{batch.column(READ_ERROR)[i].as_py().replace('_', ' ')} "
+                        f"({int(bad.sum())} such row(s) in this batch)")
+
+
 class Normalize:
     """Map a raw batch to the normalized columns: ids, text[, text_pair][, labels], _key.
 
@@ -94,6 +109,7 @@ class Normalize:
             paths = sorted(set(batch.column(PATH).to_pylist())) if PATH in batch.column_names else []
             raise DataError(f"{', '.join(paths) or '<input>'}: missing column(s) {missing}; "
                             f"columns are {[c for c in batch.column_names if c != PATH]}")
+        _refuse_unreadable_rows(batch)
         if self.skip_unlabelled and self.labels_by_id is not None:
             keys = keys_of(batch, cfg.id_columns)
             batch = batch.filter(pa.array([k in self.labels_by_id for k in keys], pa.bool_()))

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
@@ -64,21 +63,9 @@ def substitute_date(value, date: str | None, key: str, today: dt.date | None = N
 
 
 def input_files(paths) -> list[str]:
-    """Files to score, in order: globs expanded, folders (local or object store) listed, hidden
-    and underscore files skipped."""
-    out = []
-    for p in data.expand_paths(paths):
-        fs, inner = storage.filesystem(p)
-        if fs.get_file_info(inner).type == pafs.FileType.Directory:
-            children = fs.get_file_info(pafs.FileSelector(inner.rstrip("/")))
-            out.extend(storage.join(p, os.path.basename(i.path)) for i in
-                       sorted(children, key=lambda i: i.path) if i.type == pafs.FileType.File
-                       and not os.path.basename(i.path).startswith((".", "_")))
-        else:
-            out.append(p)
-    if not out:
-        raise data.DataError(f"{paths}: no input files")
-    return out
+    """Files to score, in order (data.expand_paths: globs, folders listed, "." and "_" names
+    skipped); each is then read or refused by name when read."""
+    return data.expand_paths(paths)
 
 
 def _part_names(files: list[str]) -> list[str]:

@@ -120,8 +120,8 @@ def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> li
         return list(job.data.id_columns)
     # No ids declared: keep every input column that is not text or a label.
     cfg = job.data
-    drop = {meta.text_column, meta.text_pair_column, cfg.label_list_column, data.PATH,
-            *(cfg.label_columns or []), *(cfg.feature_columns or [])}
+    drop = {meta.text_column, meta.text_pair_column, cfg.label_list_column, data.PATH, data.LINE,
+            data.READ_ERROR, *(cfg.label_columns or []), *(cfg.feature_columns or [])}
     return [c for c in names if c not in drop]
 
 
@@ -137,12 +137,13 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
         raw = raw.map_batches(data.Normalize(job.data, None, None, passthrough),
                               batch_format="pyarrow")
         raw = raw.map_batches(_all_scored, batch_format="pyarrow")
+        keep = [*passthrough, REASON]
     else:  # text input: the declared bad-text policy applies
         check = CheckText(meta.text_column, passthrough, sc.on_bad_text, sc.on_long_text,
                           sc.max_chars, meta.text_pair_column)
         raw = raw.map_batches(check, batch_format="pyarrow")
-    return score_dataset(job, raw, model_dir, meta.max_length, [*passthrough, REASON],
-                         sc.batch_size)
+        keep = [*passthrough, data.LINE, REASON]  # the line: for the quarantine
+    return score_dataset(job, raw, model_dir, meta.max_length, keep, sc.batch_size)
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
