@@ -128,8 +128,16 @@ def read_table(paths: str | list[str], cfg: DataConfig, string_columns: list[str
 
 
 def _read_parquet(files: list[str]) -> ray.data.Dataset:
-    try:  # file_extensions=None: the files were chosen above, `.pq` included
-        return ray.data.read_parquet(files, include_paths=True, file_extensions=None)
+    # The files are chosen already (`.pq` included), but Ray's Parquet reader takes
+    # file_extensions=None as its default ["parquet"] and skips the rest silently: pass the
+    # extensions these files have.
+    no_extension = [f for f in files if "." not in os.path.basename(f)]
+    if no_extension:
+        raise DataError(f"{no_extension[0]}: a Parquet file needs an extension (.parquet, .pq, "
+                        "...) for Ray's reader to read it; rename it")
+    extensions = sorted({os.path.basename(f).rsplit(".", 1)[1].lower() for f in files})
+    try:
+        return ray.data.read_parquet(files, include_paths=True, file_extensions=extensions)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{_unreadable_parquet(files) or files}: unreadable Parquet: {exc}") \
             from None

@@ -62,10 +62,13 @@ def substitute_date(value, date: str | None, key: str, today: dt.date | None = N
     return value.replace("{date}", resolve_date(date, today))
 
 
-def input_files(paths) -> list[str]:
+def input_files(paths, fmt: str = "auto") -> list[str]:
     """Files to score, in order (data.expand_paths: globs, folders listed, "." and "_" names
-    skipped); each is then read or refused by name when read."""
-    return data.expand_paths(paths)
+    skipped); a file of unknown type is refused by name before anything is scored."""
+    files = data.expand_paths(paths)
+    for f in files:
+        data.file_format(f, fmt)
+    return files
 
 
 def _part_names(files: list[str]) -> list[str]:
@@ -98,7 +101,7 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     output = substitute_date(job.score.output, date, "score.output")
     if not inputs or not output:
         raise JobConfigError("score.input and score.output must be set")
-    files = input_files(inputs)
+    files = input_files(inputs, job.data.format)
     names = _part_names(files)
     model_dir = job.score_model  # the actors load it themselves (storage.local_copy per node)
     local_model = storage.local_copy(model_dir)
@@ -154,9 +157,12 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
     group: list[InputFile] = []
     for path, name in pending:
         raw = data.read_table([path], cfg, [cfg.text_column, *cfg.id_columns])
-        schema = raw.schema().base_schema
-        passthrough = passthrough_columns(job, meta, schema.names)
         inputs = job.data.feature_columns or [cfg.text_column]
+        schema = raw.schema()
+        # An empty CSV/TSV/JSONL file streams no block, so Ray knows no schema: the columns asked.
+        schema = schema.base_schema if schema is not None else pa.schema(
+            [(c, pa.string()) for c in dict.fromkeys([*inputs, *cfg.id_columns])])
+        passthrough = passthrough_columns(job, meta, schema.names)
         missing = [c for c in [*inputs, *passthrough] if c not in schema.names]
         if missing:
             raise data.DataError(f"{path}: missing column(s) {missing}; columns are "
