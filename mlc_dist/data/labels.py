@@ -19,6 +19,9 @@ from mlc_dist.data.read import (FEATURES, KEY, LABELS, LINE, PATH, READ_ERROR, T
 from mlc_dist.labels import LabelSpace
 
 
+READER = (PATH, LINE, READ_ERROR)  # columns the reader adds, never the user's
+
+
 def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
     """A separate labels table (ids + 0/1 columns), read whole: it holds no text, only bits."""
     refs = read_table(path, cfg, string_columns=cfg.id_columns).to_arrow_refs()
@@ -29,7 +32,7 @@ def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
     if missing:
         raise DataError(f"{path}: missing id column(s) {missing}; columns are {table.column_names}")
     _refuse_unreadable_rows(table)
-    return table.drop_columns([c for c in (PATH, LINE, READ_ERROR) if c in table.column_names])
+    return table.drop_columns([c for c in READER if c in table.column_names])
 
 
 def label_space_for(cfg: DataConfig, labels_table: pa.Table | None = None) -> LabelSpace:
@@ -108,7 +111,7 @@ class Normalize:
         if missing:
             paths = sorted(set(batch.column(PATH).to_pylist())) if PATH in batch.column_names else []
             raise DataError(f"{', '.join(paths) or '<input>'}: missing column(s) {missing}; "
-                            f"columns are {[c for c in batch.column_names if c != PATH]}")
+                            f"columns are {[c for c in batch.column_names if c not in READER]}")
         _refuse_unreadable_rows(batch)
         if self.skip_unlabelled and self.labels_by_id is not None:
             keys = keys_of(batch, cfg.id_columns)
