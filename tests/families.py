@@ -52,15 +52,18 @@ def build_tokenizer(family: str, directory: Path, vocab_size: int = 400):
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     names = ["input_ids", "token_type_ids", "attention_mask"] if with_types else \
         ["input_ids", "attention_mask"]
+    # XLNet's own tokenizer pads on the left (its classifier reads the last position).
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, unk_token=unk,
                                       cls_token=cls, sep_token=sep, mask_token=mask,
-                                      model_input_names=names)
+                                      model_input_names=names,
+                                      padding_side="left" if family == "xlnet" else "right")
     wrapped.save_pretrained(directory)
     return wrapped
 
 
-def build_family(family: str, directory: Path) -> str:
-    """A 1-layer, 32-wide random-init checkpoint of `family` + its tokenizer, saved to disk."""
+def build_family(family: str, directory: Path, **overrides) -> str:
+    """A 1-layer, 32-wide random-init checkpoint of `family` + its tokenizer, saved to disk;
+    `overrides` are config keys (e.g. initializer_range)."""
     from transformers import AutoConfig, AutoModel
 
     tokenizer = build_tokenizer(family, directory)
@@ -70,6 +73,6 @@ def build_family(family: str, directory: Path) -> str:
         family, dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=256))
     config = AutoConfig.for_model(family, vocab_size=len(tokenizer),
-                                  pad_token_id=tokenizer.pad_token_id, **sizes)
+                                  pad_token_id=tokenizer.pad_token_id, **sizes, **overrides)
     AutoModel.from_config(config).save_pretrained(directory)
     return str(directory)

@@ -54,6 +54,11 @@ class MlcHFForSequenceClassification(PreTrainedModel):
             else self.encoder.config.d_model
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.head = build_head(config.head, hidden, config.head_sizes)
+        # pooling cls: the position the family's own classifier reads (XLNet summarises its last
+        # token, where its <cls> is; config.summary_type), found through the attention mask.
+        reads_last = getattr(self.encoder.config, "summary_type", None) == "last"
+        self._pool = POOLING[config.pooling if config.pooling != "cls" else
+                             "last" if reads_last else "first"]
         # Families differ in what forward takes (DistilBERT has no token_type_ids): pass only those.
         self._accepts = set(inspect.signature(self.encoder.forward).parameters)
         self.post_init()
@@ -68,7 +73,7 @@ class MlcHFForSequenceClassification(PreTrainedModel):
         inputs = {k: v for k, v in inputs.items() if k in self._accepts}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               **inputs).last_hidden_state
-        pooled = POOLING[self.config.pooling](hidden, attention_mask)
+        pooled = self._pool(hidden, attention_mask)
         return SequenceClassifierOutput(logits=self.head(self.dropout(pooled)))
 
 

@@ -68,7 +68,7 @@ class Scorer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
             resolve_precision(precision, self.device)]
         self.model.to(self.device, dtype)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
+        self.pad_token_id, self.padding_side = data.padding_of(tokenizer)
         self.passthrough, self.batch_size = passthrough, batch_size
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
         self.outputs = self.meta.outputs
@@ -96,7 +96,8 @@ class Scorer:
     def _forward(self, tokens: dict[str, np.ndarray]) -> torch.Tensor:
         cuda = self.device.type == "cuda"
         inputs = {k: self._to_device(torch.from_numpy(v), cuda)
-                  for k, v in data.pad_batch(tokens, self.pad_token_id).items()}
+                  for k, v in data.pad_batch(tokens, self.pad_token_id,
+                                             self.padding_side).items()}
         logits = self.model(**inputs).logits
         return self.outputs.probabilities(logits.float())  # [B, num_outputs], on the device
 
