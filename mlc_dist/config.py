@@ -101,7 +101,9 @@ class ModelConfig(_Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int | None = Field(None, ge=8)  # default 4 * hidden_size
-    dropout: float = Field(0.1, ge=0, lt=1)
+    # Every dropout of the model (an HF family's hidden, attention and classifier dropout too);
+    # unset: the checkpoint's own (hf), DEFAULT_DROPOUT (encoder, mlp). 0: deterministic training.
+    dropout: float | None = Field(None, ge=0, lt=1)
     vocab_size: int = Field(8000, ge=100)  # WordPiece vocabulary trained on data.train
     tokenizer: str | None = None  # kind: encoder: an existing tokenizer folder instead
 

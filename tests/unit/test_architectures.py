@@ -16,6 +16,7 @@ from mlc_dist.labels import LabelSpace
 from mlc_dist.models import build_model, resolve_model_path
 from mlc_dist.models.heads import MultiBinaryHead
 from mlc_dist.scoring import Scorer
+from mlc_dist.train.worker import Collate
 
 from ..families import FAMILIES, build_family
 
@@ -106,8 +107,6 @@ def _inputs(tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
 def test_batch_invariance(kind, family, head, checkpoints, tmp_path):
     """A row's scores are the same (1e-5) alone, among longer rows and among shorter rows, in
     scoring (Scorer) and in training/validation batches (Collate), on spread-out scores."""
-    from mlc_dist.train.worker import Collate
-
     space = SEVERITY if head.startswith("multi_category") else BINARY
     model, tokenizer, base = _build(kind, family, head, checkpoints, space)
     texts = [ROW, *SHORTER, *LONGER]
@@ -149,8 +148,6 @@ def test_cls_pooling_reads_the_classification_token(family, checkpoints):
     the sequence), on the tokenizer's padding side."""
     from transformers import AutoTokenizer
 
-    from mlc_dist.train.worker import Collate
-
     path = checkpoints(family)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = build_model(ModelConfig(name=path, head="multi_binary"), BINARY).eval()
@@ -162,3 +159,32 @@ def test_cls_pooling_reads_the_classification_token(family, checkpoints):
     with torch.no_grad():
         hidden = model.encoder(**inputs).last_hidden_state  # [B, T, H]
         torch.testing.assert_close(model(**inputs).logits, model.head(hidden[rows, cols]))
+
+
+DROPOUT_CASES = ([("hf", f, h) for f in (*FAMILIES, "minilm") for h in ("linear", "multi_binary")]
+                 + [("encoder", None, "linear"), ("mlp", None, "linear")])
+
+
+@pytest.mark.parametrize("kind,family,head", DROPOUT_CASES,
+                         ids=[f"{k}-{f or k}-{h}" for k, f, h in DROPOUT_CASES])
+def test_model_dropout_reaches_every_model(kind, family, head, checkpoints):
+    """model.dropout=0: two forwards in train() mode agree exactly (a run is deterministic);
+    model.dropout=0.3: they differ, so the value reaches the model."""
+    from transformers import AutoTokenizer
+
+    sizes = {} if kind == "hf" else {"hidden_size": 32, "num_layers": 2, "num_heads": 2}
+    name = {"name": checkpoints(family)} if kind == "hf" else {}
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints(family or "bert")) \
+        if kind != "mlp" else None
+    batch = {**_inputs(tokenizer, [ROW, *SHORTER, *LONGER]), data.LABELS: np.zeros((7, 3))}
+    inputs = {k: v for k, v in Collate(*data.padding_of(tokenizer))(batch).items()
+              if k != "labels"}
+    for dropout in (0.0, 0.3):
+        torch.manual_seed(0)
+        cfg = ModelConfig(kind=kind, head=head, dropout=dropout, **name, **sizes)
+        model = build_model(cfg, BINARY, vocab_size=tokenizer and len(tokenizer),
+                            pad_token_id=tokenizer and tokenizer.pad_token_id, max_length=64,
+                            num_features=NUM_FEATURES).train()
+        with torch.no_grad():
+            first, second = model(**inputs).logits, model(**inputs).logits
+        assert torch.equal(first, second) == (dropout == 0.0), (dropout, first - second)
