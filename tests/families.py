@@ -76,3 +76,33 @@ def build_family(family: str, directory: Path, **overrides) -> str:
                                   pad_token_id=tokenizer.pad_token_id, **sizes, **overrides)
     AutoModel.from_config(config).save_pretrained(directory)
     return str(directory)
+
+
+def _output_layer(model):
+    """(weight, bias) of the layer producing the logits; weight rows index the outputs."""
+    from torch import nn
+
+    from mlc_dist.models.heads import MultiBinaryHead
+
+    head = getattr(model, "head", None)
+    if isinstance(head, MultiBinaryHead):
+        return head.weight, head.bias
+    if isinstance(head, nn.Module):
+        return head.proj.weight, head.proj.bias
+    layer = [m for m in model.modules() if isinstance(m, nn.Linear)
+             and m.out_features == model.config.num_labels][-1]
+    return layer.weight, layer.bias
+
+
+def spread_outputs(model, inputs: dict, std: float = 3.0) -> None:
+    """Rescale the output layer so each logit has mean 0 and `std` over `inputs`' rows: a random
+    tiny model's probabilities (all near 0.5) then span most of (0, 1), so a test comparing
+    scores can tell a wrong score from a right one."""
+    import torch
+
+    with torch.no_grad():
+        logits = model.eval()(**inputs).logits.float()  # [N, num_outputs]
+        scale = std / logits.std(0).clamp(min=1e-6)
+        weight, bias = _output_layer(model)
+        weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)).to(weight.dtype))
+        bias.copy_(scale * (bias - logits.mean(0)))

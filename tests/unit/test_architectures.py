@@ -7,18 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from mlc_dist import data
 from mlc_dist.artifacts import ModelMeta, save_export
 from mlc_dist.config import DEFAULT_MODEL, ModelConfig
 from mlc_dist.labels import LabelSpace
 from mlc_dist.models import build_model, resolve_model_path
-from mlc_dist.models.heads import MultiBinaryHead
 from mlc_dist.scoring import Scorer
 from mlc_dist.train.worker import Collate
 
-from ..families import FAMILIES, build_family
+from ..families import FAMILIES, build_family, spread_outputs
 
 BINARY = LabelSpace.from_names(["a", "b", "c"])
 SEVERITY = LabelSpace(("a", "severity", "b"), {"severity": ("none", "mild", "severe")})
@@ -46,29 +44,6 @@ def checkpoints(tmp_path_factory):
             built[family] = build_family(family, tmp_path_factory.mktemp(family), initializer_range=0.2)
         return built[family]
     return get
-
-
-def _output_layer(model: nn.Module):
-    """(weight, bias) of the layer producing the logits; weight rows index the outputs."""
-    head = getattr(model, "head", None)
-    if isinstance(head, MultiBinaryHead):
-        return head.weight, head.bias
-    if isinstance(head, nn.Module):
-        return head.proj.weight, head.proj.bias
-    layer = [m for m in model.modules() if isinstance(m, nn.Linear)
-             and m.out_features == model.config.num_labels][-1]
-    return layer.weight, layer.bias
-
-
-@torch.no_grad()
-def _spread(model: nn.Module, inputs: dict) -> None:
-    """Rescale the output layer so each logit has mean 0 and std 3 over `inputs`' rows: the
-    probabilities then span most of (0, 1), so a row scored from the wrong position shows."""
-    logits = model.eval()(**inputs).logits  # [N, num_outputs]
-    scale = 3.0 / logits.std(0).clamp(min=1e-6)
-    weight, bias = _output_layer(model)
-    weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)))
-    bias.copy_(scale * (bias - logits.mean(0)))
 
 
 def _build(kind: str, family: str | None, head: str, checkpoints, space: LabelSpace):
@@ -112,7 +87,7 @@ def test_batch_invariance(kind, family, head, checkpoints, tmp_path):
     texts = [ROW, *SHORTER, *LONGER]
     collate = Collate(*data.padding_of(tokenizer))
     batch = {**_inputs(tokenizer, texts), data.LABELS: np.zeros((len(texts), len(space)))}
-    _spread(model, {k: v for k, v in collate(batch).items() if k != "labels"})
+    spread_outputs(model, {k: v for k, v in collate(batch).items() if k != "labels"})
     meta = ModelMeta(space, [0.5] * len(space), "text", None, 64, base, kind=kind,
                      head=head.split("-")[0], feature_columns=[f"f{i}" for i in range(
                          NUM_FEATURES)] if kind == "mlp" else None)
