@@ -28,7 +28,7 @@ def trained(tmp_path_factory, tiny_bert, ray_cluster):
 def test_two_workers_train_and_the_loss_falls(trained):
     job, summary = trained
     losses = [h["loss"] for h in summary["history"] if "loss" in h]
-    assert summary["steps"] == 24 and summary["num_workers"] == 2
+    assert summary["steps"] == 24 and len(summary["worker_nodes"]) == 2  # a node id per rank
     assert len(losses) >= 6
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.03, losses
     # Each of 2 workers sees 16 rows a step, except the short last batch of an epoch.
@@ -46,7 +46,8 @@ def test_export_and_metrics_json(trained):
     saved = json.load(open(os.path.join(job.run_dir, "metrics.json")))
     for key in ("val_mean_auc", "val_micro_f1", "val_macro_f1", "train_samples_per_s", "steps"):
         assert saved[key] is not None, key
-    assert 0.0 <= saved["val_mean_auc"] <= 1.0
+    # The logged figure is the one the report recomputes from the saved validation predictions.
+    assert saved["val_mean_auc"] == pytest.approx(saved["validation"]["mean_auc"])
     # A stratified 10% split of 800 rows.
     assert saved["data"]["validation"]["num_rows"] == pytest.approx(80, abs=4)
     assert saved["data"]["train"]["num_rows"] + saved["data"]["validation"]["num_rows"] == 800
@@ -70,12 +71,18 @@ def test_score_end_to_end(trained):
     source = pq.read_table(job.score.input)
     assert result["rows"] == table.num_rows == source.num_rows
     assert sorted(table.column("id").to_pylist()) == sorted(source.column("id").to_pylist())
-    labels = read_meta(job.model_dir).label_space.names
-    for name in labels:
+    meta = read_meta(job.model_dir)
+    for name, threshold in zip(meta.label_space.names, meta.thresholds):
         s = table.column(f"score_{name}").to_numpy()
         assert table.schema.field(f"score_{name}").type == "float"
         assert table.schema.field(f"pred_{name}").type == "int8"
-        assert np.all((s >= 0) & (s <= 1))
-    # A rerun replaces the output instead of appending to it.
-    scoring.run(job)
-    assert pq.read_table(job.score.output).num_rows == source.num_rows
+        assert np.array_equal(table.column(f"pred_{name}").to_numpy(), s >= np.float32(threshold))
+    # A rerun skips the committed parts and keeps them; --overwrite scores them again in place.
+    parts = result["parts_committed"]
+    again = scoring.run(job)
+    assert (again["parts_committed"], again["parts_skipped"]) == (0, parts)
+    replaced = scoring.run(job, overwrite=True)
+    assert (replaced["parts_committed"], replaced["parts_skipped"]) == (parts, 0)
+    rescored = pq.read_table(job.score.output)
+    assert rescored.num_rows == source.num_rows
+    assert rescored.sort_by("id").equals(table.sort_by("id"))
