@@ -95,8 +95,8 @@ def test_trains_on_two_workers_exports_and_scores(case, datasets, tmp_path, ray_
     assert abs(losses[0] - start) < 0.15, (losses, start)
     if summary["validation"] is not None:  # binary heads: recomputed from the saved predictions
         assert summary["val_mean_auc"] == pytest.approx(summary["validation"]["mean_auc"])
-    else:
-        assert "val_category_accuracy" in summary, summary
+    else:  # softmax heads leave no validation predictions for the report
+        assert "val_category_accuracy" in summary or "val_mean_auc" in summary, summary
 
     loaded, tokenizer, meta = load_export(job.model_dir)
     assert (tokenizer is None) == (kind == "tabular")
