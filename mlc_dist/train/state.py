@@ -7,8 +7,11 @@ and optimizer state are the engine's (strategy.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass
@@ -36,6 +39,24 @@ class TrainState:
         for f in dataclasses.fields(self):
             if f.name in state:
                 setattr(self, f.name, state[f.name])
+
+
+def rng_file(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"rng_rank{rank}.pt")
+
+
+def save_rng(directory: str, rank: int) -> None:
+    """This rank's random number generator states, next to its checkpoint."""
+    torch.save({"torch_rng": torch.get_rng_state()}, rng_file(directory, rank))
+
+
+def read_rng(directory: str, rank: int) -> dict | None:
+    path = rng_file(directory, rank)
+    return torch.load(path, weights_only=True) if os.path.exists(path) else None
+
+
+def restore_rng(states: dict) -> None:
+    torch.set_rng_state(states["torch_rng"])
 
 
 class StepClock:

@@ -25,7 +25,7 @@ from mlc_dist.labels import LabelSpace
 from mlc_dist.losses import build_loss
 from mlc_dist.models import build_model, output_bias
 from mlc_dist.models.outputs import OutputSchema
-from mlc_dist.train.state import StepClock, TrainState
+from mlc_dist.train.state import StepClock, TrainState, read_rng, restore_rng, save_rng
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -164,9 +164,9 @@ class Worker:
             self.engine.load(directory)
             self.state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE),
                                                   weights_only=True))
-            rng_file = os.path.join(directory, f"rng_rank{self.rank}.pt")
-            if os.path.exists(rng_file):
-                torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
+            rng = read_rng(directory, self.rank)
+            if rng is not None:
+                restore_rng(rng)
         state = self.state
         state.resumed_from.append(state.global_step)
         if self.rank == 0:
@@ -285,8 +285,7 @@ class Worker:
             if val_arrays:
                 np.savez_compressed(os.path.join(directory, VAL_FILE), **val_arrays)
         self.engine.save(directory, self.rank)
-        torch.save({"torch_rng": torch.get_rng_state()},
-                   os.path.join(directory, f"rng_rank{self.rank}.pt"))
+        save_rng(directory, self.rank)
         return directory
 
 
