@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -46,8 +48,17 @@ def rng_file(directory: str, rank: int) -> str:
 
 
 def save_rng(directory: str, rank: int) -> None:
-    """This rank's random number generator states, next to its checkpoint."""
-    torch.save({"torch_rng": torch.get_rng_state()}, rng_file(directory, rank))
+    """This rank's random number generator states (Python, numpy, torch CPU, every CUDA device),
+    next to its checkpoint, in types `torch.load(weights_only=True)` accepts."""
+    version, words, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    states = {"python": [version, list(words), gauss],
+              "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                        "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
+                        "gauss": np_state["gauss"]},
+              "torch_rng": torch.get_rng_state(),
+              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(states, rng_file(directory, rank))
 
 
 def read_rng(directory: str, rank: int) -> dict | None:
@@ -57,6 +68,15 @@ def read_rng(directory: str, rank: int) -> dict | None:
 
 def restore_rng(states: dict) -> None:
     torch.set_rng_state(states["torch_rng"])
+    if "python" in states:  # checkpoints before these were saved hold torch's CPU state only
+        version, words, gauss = states["python"]
+        random.setstate((version, tuple(words), gauss))
+        n = states["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "has_gauss": n["has_gauss"],
+                             "gauss": n["gauss"], "state": {"key": n["key"].numpy().astype(
+                                 np.uint32), "pos": n["pos"]}})
+    if states.get("cuda"):
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class StepClock:
