@@ -108,7 +108,7 @@ class DDPEngine:
         from safetensors.torch import load_file
 
         weights = load_file(os.path.join(directory, "model", "model.safetensors"))
-        self.module.load_state_dict(weights, strict=False)
+        self.module.load_state_dict(weights)  # strict: a missing or unknown key fails
         # weights_only: we never unpickle arbitrary objects, even from our own checkpoints.
         state = torch.load(os.path.join(directory, "engine_state.pt"), weights_only=True,
                            map_location="cpu")

@@ -25,7 +25,9 @@ from mlc_dist.labels import LabelSpace
 from mlc_dist.losses import build_loss
 from mlc_dist.models import build_model, output_bias
 from mlc_dist.models.outputs import OutputSchema
-from mlc_dist.train.state import StepClock, TrainState, read_rng, restore_rng, save_rng
+from mlc_dist.train import resume
+from mlc_dist.train.state import (StepClock, TrainState, read_rng, restore_rng,
+                                  save_rng)
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -59,8 +61,9 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
              outputs: OutputSchema):
     """Probabilities and labels for the whole validation set, on every rank.
 
-    Every rank reads the full (unsplit) validation set and runs the model on every world-th batch,
-    so no row is dropped or counted twice, then the parts are gathered.
+    Every rank reads the full (unsplit) validation set in the same order (fit.py asks Ray Data to
+    preserve it) and runs the model on every world-th batch, so each row is evaluated exactly
+    once, then the parts are gathered.
     """
     engine.model.eval()
     probs, labels, filler, num_batches = [], [], None, 0
@@ -75,7 +78,7 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
         if i % world != rank:
             continue
         probs.append(outputs.probabilities(forward(batch).float()).cpu().numpy())
-        labels.append(batch["labels"].numpy())
+        labels.append(batch["labels"].cpu().numpy())  # on a GPU worker Ray moved it there
     # ZeRO-3 gathers parameters inside every forward (a collective): all ranks run as many.
     for _ in range(math.ceil(num_batches / world) - len(probs)):
         forward(filler)
@@ -154,19 +157,28 @@ class Worker:
         self._loss_sum, self._loss_count, self._sent_at = 0.0, 0, 0.0
 
     def resume(self) -> None:
-        """Load the latest checkpoint Ray hands this attempt, if any."""
+        """Load the latest checkpoint Ray hands this attempt (or an older one, when it does not
+        load), if any; raises NoCheckpointLoads when none does."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if not checkpoint:
             return
-        with checkpoint.as_directory() as directory:
+
+        def load(directory: str):
             self.engine.load(directory)
-            self.state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE),
-                                                  weights_only=True))
-            rng = read_rng(directory, self.rank)
-            if rng is not None:
-                restore_rng(rng)
+            return (torch.load(os.path.join(directory, STATE_FILE), weights_only=True),
+                    read_rng(directory, self.rank))
+
+        try:
+            state, rng = resume.load_first_that_loads(checkpoint, load)
+        except resume.NoCheckpointLoads as error:
+            if self.rank == 0:
+                resume.record_failure(checkpoint, error)
+            raise
+        self.state.load_state_dict(state)
+        if rng is not None:
+            restore_rng(rng)
         state = self.state
         state.resumed_from.append(state.global_step)
         if self.rank == 0:
@@ -292,7 +304,11 @@ class Worker:
 def train_loop_per_worker(config: dict) -> None:
     logs.configure(config.get("verbosity", 0))
     w = Worker(config)
-    w.resume()
+    try:
+        w.resume()
+    except resume.NoCheckpointLoads as error:
+        log.error("%s", error)
+        return  # not an error for Ray: a restart would only fail the same way
     w.record_placement()
     state, tcfg = w.state, w.job.train
     clock = StepClock(state, tcfg.throughput_warmup_steps)
