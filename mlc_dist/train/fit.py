@@ -188,6 +188,7 @@ def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, final:
         "throughput_warmup_steps": job.train.throughput_warmup_steps,
         "num_workers": job.scaling.num_workers,
         "worker_nodes": state.worker_nodes,  # Ray node id of each rank
+        "engine": state.engine,  # the wrapper the workers trained with, and its ZeRO stage
         "data": {"train": prepared.train_stats.to_dict(),
                  "validation": prepared.validation_stats.to_dict(),
                  "labels": list(prepared.label_space.names)},

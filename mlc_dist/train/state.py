@@ -27,6 +27,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # loss/lr at log steps, val_* at evaluations
     resumed_from: list[int] = field(default_factory=list)  # steps this run restarted from
     worker_nodes: list[str] = field(default_factory=list)  # Ray node id per rank (latest attempt)
+    engine: dict = field(default_factory=dict)  # what wrapped the model (latest attempt)
     # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
     loop_start_time: float | None = None
     first_step_time: float | None = None

@@ -186,9 +186,10 @@ class Worker:
                      state.epoch, state.batches_done)
 
     def record_placement(self) -> None:
-        """Which node each rank runs on (this attempt), for metrics.json."""
+        """Which node each rank runs on, what wraps the model (this attempt): metrics.json."""
         import ray
 
+        self.state.engine = self.engine.description
         node = ray.get_runtime_context().get_node_id()
         nodes = [node]
         if dist.is_initialized() and dist.get_world_size() > 1:

@@ -17,7 +17,7 @@ def test_every_cpu_generator_continues_where_the_checkpoint_left_it(tmp_path):
     _draws()
     save_rng(str(tmp_path), rank=3)
     expected = _draws()
-    random.seed(2), np.random.seed(2), torch.manual_seed(2)  # what a restarted worker's set_seed does
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)  # as a restarted worker's set_seed
     restore_rng(read_rng(str(tmp_path), rank=3))  # loads with weights_only=True
     assert _draws() == expected
     assert read_rng(str(tmp_path), rank=0) is None  # per rank: another rank's file is not this one
