@@ -53,6 +53,9 @@ def test_training_tunes_exports_thresholds_and_writes_the_report(folds):
     assert len(thresholds) == len(JIGSAW_LABELS)
     assert any(t != 0.5 for t in thresholds)
     val = summary["validation"]
+    # Every validation row evaluated exactly once (1 worker; test_pipeline checks 2).
+    assert [row["support"] for row in val["per_label"]] == \
+        summary["data"]["validation"]["positives"]
     # Tuned on these very rows, so per-label F1 at the tuned threshold is never below 0.5's.
     for row in val["per_label"]:
         if row["f1"] is not None:
