@@ -1,49 +1,44 @@
-"""The scorer casts its model once for its precision and keeps fp32 scores close on spread-out
-outputs (a constant 0.5 cannot pass: the spread is asserted first)."""
+"""The scorer casts its model once for its precision, and bf16 scores stay close to fp32 on
+spread-out scores (the spread is asserted first, so a constant cannot pass). The CPU twin of
+tests/gpu/test_cuda_scoring.py."""
 
 import numpy as np
-import pytest
 import torch
+from transformers import AutoTokenizer
 
-from mlc_dist import data
+from mlc_dist.artifacts import ModelMeta, save_export
+from mlc_dist.config import ModelConfig
+from mlc_dist.data import Tokenize, pad_batch, padding_of
 from mlc_dist.labels import LabelSpace
+from mlc_dist.models import build_model
 from mlc_dist.scoring import Scorer
-from ..conftest import export_tiny_model
 
-LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])
-TEXTS = ["short", "a somewhat longer comment about the article and more", "mid length text",
-         "you are a very bad person", "thanks for the edit", "the threat was real and loud"]
+from ..conftest import build_tiny_bert
+from ..families import spread_outputs
 
-
-@pytest.fixture(scope="module")
-def exported(tiny_bert, tmp_path_factory):
-    directory = export_tiny_model(tmp_path_factory.mktemp("export"), tiny_bert, LABELS,
-                                  "comment_text", 32)
-    from safetensors.torch import load_file, save_file
-
-    # Widen the classifier so the scores spread over most of (0, 1).
-    path = f"{directory}/model.safetensors"
-    weights = load_file(path)
-    for k in weights:
-        if k.startswith("classifier."):
-            weights[k] = weights[k] * 40
-    save_file(weights, path, metadata={"format": "pt"})
-    return directory
+TEXTS = ["short", "a longer text here", "you are an idiot and a clown", "thanks for the references",
+         "please stop the vandalism on this talk page or you will be blocked", "good point"]
 
 
-def scores(model_dir, precision):
-    tok = data.Tokenize(model_dir, 32, keep=["id"])
-    batch = tok({"text": np.array(TEXTS), "id": np.arange(len(TEXTS))})
-    scorer = Scorer(model_dir, ["id"], precision=precision, batch_size=4)
-    out = scorer(batch)
-    dtypes = {p.dtype for p in scorer.model.parameters()}
-    return np.stack([out[f"score_{n}"] for n in LABELS.names], 1), dtypes
-
-
-def test_bf16_casts_the_model_once_and_stays_near_fp32(exported):
-    fp32, fp32_types = scores(exported, "fp32")
-    bf16, bf16_types = scores(exported, "bf16")
-    assert fp32_types == {torch.float32} and bf16_types == {torch.bfloat16}
-    assert fp32.max() - fp32.min() > 0.5, "scores must spread for the comparison to mean much"
-    np.testing.assert_allclose(bf16, fp32, atol=0.05)
-    assert not np.allclose(bf16, fp32, atol=1e-6)  # it did run in bf16
+def test_bf16_casts_the_model_once_and_stays_near_fp32(tmp_path):
+    torch.manual_seed(0)
+    tiny_bert = build_tiny_bert(tmp_path / "bert", initializer_range=0.2)
+    space = LabelSpace.from_names(["a", "b", "c"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = build_model(ModelConfig(name=tiny_bert), space)
+    batch = Tokenize(tiny_bert, 64, keep=[])({"text": np.array(TEXTS)})
+    spread_outputs(model, {k: torch.from_numpy(v) for k, v in
+                           pad_batch(dict(batch), *padding_of(tokenizer)).items()})
+    save_export(str(tmp_path / "model"), model, tokenizer,
+                ModelMeta(space, [0.5] * 3, "text", None, 64, tiny_bert))
+    fp32 = Scorer(str(tmp_path / "model"), [], precision="fp32", batch_size=4)
+    bf16 = Scorer(str(tmp_path / "model"), [], precision="bf16", batch_size=4)
+    dtypes = lambda scorer: {p.dtype for p in scorer.model.parameters()}  # noqa: E731
+    assert dtypes(fp32) == {torch.float32} and dtypes(bf16) == {torch.bfloat16}
+    a, b = fp32(dict(batch)), bf16(dict(batch))
+    exact = np.stack([a[f"score_{n}"] for n in space.names], 1)
+    low = np.stack([b[f"score_{n}"] for n in space.names], 1)
+    assert exact.min() < 0.2 and exact.max() > 0.8 and exact.std() > 0.2, exact
+    diff = np.abs(low - exact)
+    assert diff.max() > 0, "bf16 scores equal fp32's: bf16 did not run"
+    assert diff.mean() < 0.02 and diff.max() < 0.1, (diff.mean(), diff.max())
