@@ -192,6 +192,10 @@ class ScoreConfig(_Section):
     on_bad_text: Literal["quarantine", "fail"] = "quarantine"
     on_long_text: Literal["truncate", "quarantine"] = "truncate"
     max_chars: int = Field(20000, ge=1)
+    # torch, or ONNX Runtime on CPU: onnx (fp32 graph, equal scores) / onnx-int8 (quantized,
+    # gated on parity_sample: a file with the model's input columns, and labels if it has them).
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    parity_sample: str | None = None
 
 
 class EvaluateConfig(_Section):
@@ -240,6 +244,14 @@ class JobConfig(_Section):
                              "(tabular input needs both; text models need neither)")
         if self.data.label_categories and self.model.head != "multi_category":
             raise ValueError("data.label_categories needs model.head: multi_category")
+        sc = self.score
+        if sc.backend != "torch" and (self.scaling.use_gpu or sc.precision not in ("auto", "fp32")):
+            raise ValueError(f"score.backend: {sc.backend} runs ONNX Runtime on CPU in fp32 "
+                             "(int8: its own quantization); use scaling.use_gpu: false and "
+                             "score.precision: auto, or score.backend: torch")
+        if sc.backend == "onnx-int8" and not sc.parity_sample:
+            raise ValueError("score.backend: onnx-int8 needs score.parity_sample (rows the "
+                             "int8 scores are checked against fp32 on before any scoring)")
         return self
 
     def deepspeed_config(self) -> dict:

@@ -57,17 +57,22 @@ class Scorer:
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
-                 num_threads: int | None = None, batch_size: int = 64):
+                 num_threads: int | None = None, batch_size: int = 64, backend: str = "torch"):
         from mlc_dist.artifacts import load_export
+        from mlc_dist.scoring.onnx_backend import load_onnx
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model, tokenizer, self.meta = load_export(model_dir)
-        self.device = assigned_device()
-        # Cast once for the precision (autocast would re-cast every weight on every forward).
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-            resolve_precision(precision, self.device)]
-        self.model.to(self.device, dtype)
+        self.onnx = None
+        if backend != "torch":  # an ONNX Runtime session (CPU, fp32 or int8 graph)
+            self.onnx, tokenizer, self.meta = load_onnx(model_dir, backend, num_threads)
+        else:
+            self.model, tokenizer, self.meta = load_export(model_dir)
+            self.device = assigned_device()
+            # Cast once for the precision (autocast would re-cast every weight on every forward).
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+                resolve_precision(precision, self.device)]
+            self.model.to(self.device, dtype)
         self.pad_token_id, self.padding_side = data.padding_of(tokenizer)
         self.passthrough, self.batch_size = passthrough, batch_size
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
@@ -94,6 +99,10 @@ class Scorer:
         return out
 
     def _forward(self, tokens: dict[str, np.ndarray]) -> torch.Tensor:
+        if self.onnx is not None:
+            padded = data.pad_batch(tokens, self.pad_token_id, self.padding_side)
+            logits = torch.from_numpy(self.onnx(padded))
+            return self.outputs.probabilities(logits)
         cuda = self.device.type == "cuda"
         inputs = {k: self._to_device(torch.from_numpy(v), cuda)
                   for k, v in data.pad_batch(tokens, self.pad_token_id,
@@ -111,9 +120,9 @@ class _PoolScorer(Scorer):
     """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
 
     def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
-                 reserved_cpus):
+                 reserved_cpus, backend="torch"):
         super().__init__(model_dir, passthrough, precision,
-                         threads or actor_threads(num_actors, reserved_cpus), batch_size)
+                         threads or actor_threads(num_actors, reserved_cpus), batch_size, backend)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -150,12 +159,16 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
                   passthrough: list[str], batch_size: int) -> ray.data.Dataset:
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
+    from mlc_dist.scoring import parity
+
     sc = job.score
+    # onnx-int8: the parity gate first (refuses a bad quantization); graphs made on the driver.
+    parity.prepare_backend(job, model_dir)
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     return ds.map_batches(
         _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
                                           sc.threads_per_actor, batch_size, sc.num_actors,
-                                          job.scaling.cpus_per_worker),
+                                          job.scaling.cpus_per_worker, sc.backend),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)

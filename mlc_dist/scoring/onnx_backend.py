@@ -1,0 +1,228 @@
+"""score.backend onnx / onnx-int8: an export's ONNX graph (torch.onnx.export, dynamo exporter)
+and its int8 form (ONNX Runtime dynamic quantization), cached per export, and the ORT session
+the Scorer runs. Owns the graph files and their digests; the parity gate is parity.py's.
+
+The cache lives at storage.cache_root()/onnx/<key>/, never inside the export: the key hashes the
+export's content listing with the recipe (opset, torch and onnxruntime versions), so a new
+export or a new recipe gets new files, and files are only ever created by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import uuid
+
+import numpy as np
+import torch
+
+from mlc_dist import data, storage
+from mlc_dist.config import JobConfigError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+OPSET = 20
+#: Bump when the export or quantization recipe changes: a new recipe gets new cache files.
+RECIPE_VERSION = 1
+#: An export whose ONNX graph differs from torch by more than this is refused.
+EXPORT_TOLERANCE = 1e-4
+#: Quantized ops: the weight matmuls (MatMul/Gemm). Embedding lookups (Gather) stay fp32: they
+#: cost nothing at runtime and quantizing them only adds error.
+INT8_OP_TYPES = ["MatMul", "Gemm"]
+
+
+class OnnxBackendError(JobConfigError):
+    """An export that cannot run on an ONNX backend; the message says why and what to use."""
+
+
+def _recipe() -> bytes:
+    import onnxruntime
+
+    return (f"recipe{RECIPE_VERSION} opset{OPSET} torch{torch.__version__} "
+            f"onnxruntime{onnxruntime.__version__}").encode()
+
+
+def cache_dir(model_dir: str) -> str:
+    """This machine's ONNX folder for an export (local or URI): keyed by content and recipe."""
+    local = storage.local_copy(model_dir)
+    listing_path = os.path.join(local, storage.CONTENT_FILE)
+    if os.path.isfile(listing_path):
+        with open(listing_path, "rb") as f:
+            listing = f.read()
+    else:  # a folder not written by our export: hash what is there now
+        listing = storage.content_listing(local).encode()
+    key = hashlib.sha256(listing + b"\n" + _recipe()).hexdigest()[:32]
+    return os.path.join(storage.cache_root(), "onnx", key)
+
+
+def graph_path(model_dir: str, backend: str) -> str:
+    """The graph file `backend` runs, exported (and quantized) on first use on this machine."""
+    if backend not in FILES:
+        raise OnnxBackendError(f"score.backend: {backend!r} has no ONNX graph; expected one of "
+                               f"{list(FILES)}")
+    folder = cache_dir(model_dir)
+    fp32 = os.path.join(folder, FILES["onnx"])
+    if not os.path.isfile(fp32):
+        _create(fp32, lambda tmp: export_onnx(model_dir, tmp))
+    if backend == "onnx":
+        return fp32
+    int8 = os.path.join(folder, FILES["onnx-int8"])
+    if not os.path.isfile(int8):
+        _create(int8, lambda tmp: quantize_int8(fp32, tmp))
+    return int8
+
+
+def _create(path: str, write) -> None:
+    """Write a cache file under a temporary name, then rename: readers see all of it or none;
+    two processes racing both write and the last rename wins with identical content."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_digest(model_dir: str, backend: str) -> str:
+    """sha256 of the graph `backend` runs for this export ("" for torch: the weights are the
+    model). Exports/quantizes on first use. Fold it into the model id next to the export's own
+    content hash, so scores from different graphs never share an id."""
+    if backend == "torch":
+        return ""
+    return file_digest(graph_path(model_dir, backend))
+
+
+class _Logits(torch.nn.Module):
+    """The export's forward with named tensor inputs and one output, logits [B, num_outputs]."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def sample_inputs(meta, tokenizer, rows: int) -> dict[str, np.ndarray]:
+    """Padded model inputs of `rows` rows of different lengths, as the Scorer feeds them."""
+    if meta.kind == "mlp":
+        rng = np.random.default_rng(0)
+        return {data.FEATURES: rng.normal(size=(rows, len(meta.feature_columns))).astype(
+            np.float32)}
+    words = "the quick brown fox jumps over a lazy dog while it rains again".split()
+    texts = [" ".join(words[: 1 + (3 * i) % len(words)]) for i in range(rows)]
+    pair = texts[::-1] if meta.text_pair_column else None
+    enc = tokenizer(texts, pair, truncation=True, max_length=meta.max_length,
+                    return_attention_mask=False)
+    batch = {"input_ids": data.tokenize._ragged(enc["input_ids"], np.int32)}
+    if pair is not None and "token_type_ids" in enc:
+        batch["token_type_ids"] = data.tokenize._ragged(enc["token_type_ids"], np.int8)
+    return data.pad_batch(batch, *data.padding_of(tokenizer))
+
+
+def export_onnx(model_dir: str, out_path: str) -> None:
+    """The export's fp32 ONNX graph, dynamic batch (and sequence) axes, checked against torch."""
+    from mlc_dist.artifacts import load_export
+
+    model, tokenizer, meta = load_export(model_dir)
+    inputs = sample_inputs(meta, tokenizer, rows=3)
+    names = list(inputs)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = tuple({0: batch} if n == data.FEATURES else {0: batch, 1: seq} for n in names)
+    wrapper = _Logits(model, names).eval()
+    try:
+        program = torch.onnx.export(
+            wrapper, tuple(torch.from_numpy(inputs[n]) for n in names), dynamo=True,
+            input_names=names, output_names=["logits"], dynamic_shapes=(shapes,),
+            opset_version=OPSET, external_data=False, optimize=True, verbose=False)
+        program.save(out_path, external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure is a refusal, said once
+        family = getattr(model.config, "model_type", type(model).__name__)
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0][:200]  # no colours
+        raise OnnxBackendError(
+            f"{model_dir}: this model ({family}, head {meta.head}) does not export to ONNX "
+            f"({type(exc).__name__}: {reason}); use score.backend: "
+            "torch") from exc
+    _check_graph(out_path, wrapper, sample_inputs(meta, tokenizer, rows=5), model_dir)
+
+
+def _check_graph(path: str, wrapper: torch.nn.Module, inputs: dict, model_dir: str) -> None:
+    """Refuse a graph that does not compute what torch computes, on shapes it was not traced on."""
+    with torch.inference_mode():
+        want = wrapper(*(torch.from_numpy(v) for v in inputs.values())).numpy()
+    got = OnnxModel(path, num_threads=1)(inputs)
+    diff = float(np.abs(got - want).max())
+    if not diff <= EXPORT_TOLERANCE:
+        raise OnnxBackendError(f"{model_dir}: the ONNX graph's logits differ from torch's by "
+                               f"{diff:.2e} (> {EXPORT_TOLERANCE}); use score.backend: torch")
+
+
+def quantize_int8(fp32_path: str, out_path: str) -> None:
+    """Dynamic int8 quantization: per-channel symmetric int8 weights, activations quantized per
+    call (no calibration data). The graph is first shape-inferred and optimized by
+    `quant_pre_process`, as ONNX Runtime recommends for transformer graphs."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = f"{out_path}.pre.onnx"
+    try:
+        quant_pre_process(fp32_path, pre, auto_merge=True)
+        quantize_dynamic(pre, out_path, per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=INT8_OP_TYPES,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        if os.path.exists(pre):
+            os.remove(pre)
+
+
+class OnnxModel:
+    """An ONNX Runtime CPU session over one graph: padded numpy inputs -> logits (numpy)."""
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between sub-batches: the node's tokenize tasks need those cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {}
+        for name in self.input_names:
+            value = np.asarray(inputs[name])
+            feed[name] = value.astype(np.float32 if value.dtype.kind == "f" else np.int64,
+                                      copy=False)
+        return self.session.run(None, feed)[0]
+
+
+
+def load_onnx(model_dir: str, backend: str, num_threads: int | None = None):
+    """(OnnxModel, tokenizer or None, meta) for an export: the Scorer's inputs for `backend`,
+    without loading the torch weights (the graph is exported from them on first use only)."""
+    from mlc_dist.artifacts import read_meta
+
+    local = storage.local_copy(model_dir)
+    meta = read_meta(local)
+    has_tokenizer = os.path.isfile(os.path.join(local, "tokenizer_config.json"))
+    tokenizer = data.load_tokenizer(local) if has_tokenizer else None
+    return OnnxModel(graph_path(model_dir, backend), num_threads), tokenizer, meta

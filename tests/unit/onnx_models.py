@@ -1,0 +1,70 @@
+"""Tiny exports of every model kind and head for the ONNX backend tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlc_dist.labels import LabelSpace
+
+LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])
+SEVERITY = LabelSpace(("severity", "spam"), {"severity": ("none", "mild", "severe")})
+FEATURES = [f"f{i}" for i in range(5)]
+
+
+def spread_out(model: torch.nn.Module) -> None:
+    """Scale the output layer so the scores cover (0, 1) rather than sit near 0.5."""
+    from mlc_dist.models import output_bias
+
+    bias = output_bias(model)
+    weight = next(p for m in model.modules() for n, p in m.named_parameters(recurse=False)
+                  if n == "weight" and any(b is bias for b in m.parameters(recurse=False)))
+    with torch.no_grad():
+        weight.mul_(60.0)
+
+
+def export_kind(directory, tiny_bert: str, kind: str = "hf", head: str = "linear",
+                pooling: str = "cls", labels: LabelSpace = LABELS) -> str:
+    """An export as training would write it (random weights), of `kind` with `head`."""
+    from transformers import AutoTokenizer
+
+    from mlc_dist.artifacts import ModelMeta, save_export
+    from mlc_dist.config import ModelConfig
+    from mlc_dist.models import build_model
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert) if kind != "mlp" else None
+    cfg = ModelConfig(kind=kind, name=tiny_bert, head=head, pooling=pooling, hidden_size=16,
+                      num_heads=2, num_layers=1)
+    model = build_model(cfg, labels, vocab_size=tokenizer.vocab_size if tokenizer else 0,
+                        pad_token_id=0, max_length=64, num_features=len(FEATURES)).eval()
+    if kind == "mlp":  # running statistics of a trained BatchNorm, not the identity
+        model.body[0].running_mean.normal_()
+        model.body[0].running_var.uniform_(0.5, 2.0)
+    spread_out(model)
+    meta = ModelMeta(labels, [0.5] * len(labels), "text", None, 64, tiny_bert, kind=kind,
+                     head=head, feature_columns=FEATURES if kind == "mlp" else None)
+    save_export(str(directory), model, tokenizer, meta)
+    return str(directory)
+
+
+TEXTS = ["you are an idiot", "thanks for the references, very helpful",
+         "I will find you", "ok", "what a clown, get lost and never come back here again",
+         "the article cites three sources", "stop it", "this is the worst edit ever made",
+         "great work on the history section", "nobody cares about your opinion",
+         "see the talk page", "you should be banned"]
+
+
+def batch_for(model_dir: str, rows: int = 24) -> dict[str, np.ndarray]:
+    """A Scorer input batch: token ids (ragged) or features, ids r0.."""
+    from mlc_dist import data
+    from mlc_dist.artifacts import read_meta
+
+    meta = read_meta(model_dir)
+    ids = np.array([f"r{i}" for i in range(rows)])
+    if meta.kind == "mlp":
+        rng = np.random.default_rng(1)
+        return {"id": ids, data.FEATURES: rng.normal(size=(rows, len(FEATURES))).astype(
+            np.float32)}
+    texts = np.array([TEXTS[i % len(TEXTS)] * (1 + i // len(TEXTS)) for i in range(rows)])
+    return data.Tokenize(model_dir, 64, keep=["id"])({"text": texts, "id": ids})

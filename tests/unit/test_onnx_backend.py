@@ -1,0 +1,172 @@
+"""score.backend onnx / onnx-int8: the exported graphs, their cache and digests, the Scorer on
+them, and the int8 parity gate; real torch.onnx exports and ONNX Runtime sessions, no Ray."""
+
+import hashlib
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlc_dist import storage
+from mlc_dist.config import JobConfigError, validate_job
+from mlc_dist.scoring import Scorer
+from mlc_dist.scoring import onnx_backend, parity
+from .onnx_models import SEVERITY, batch_for, export_kind
+
+INT8_TOLERANCE = 0.05  # max abs difference of int8 from fp32 scores on the tiny model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLC_DIST_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, tmp_path_factory):
+    """hf encoder + mean pooling + multi_binary head, scores spread over (0, 1)."""
+    return export_kind(tmp_path_factory.mktemp("export"), tiny_bert, "hf", "multi_binary", "mean")
+
+
+def scores(out: dict) -> np.ndarray:
+    return np.stack([v for k, v in out.items() if k.startswith("score_")], axis=1)
+
+
+def test_onnx_scores_equal_torch_fp32(exported):
+    batch = batch_for(exported)
+    ref = Scorer(exported, ["id"])(batch)
+    got = Scorer(exported, ["id"], batch_size=5, backend="onnx")(batch)
+    assert got["id"].tolist() == ref["id"].tolist() == [f"r{i}" for i in range(24)]
+    # The comparison means something only if the scores are spread out, not all near 0.5.
+    assert scores(ref).max() - scores(ref).min() > 0.85 and scores(ref).std() > 0.15
+    np.testing.assert_allclose(scores(got), scores(ref), atol=1e-5, rtol=0)
+    assert all((got[k] == ref[k]).all() for k in ref if k.startswith("pred_"))
+
+
+# hf + multi_binary + mean pooling is `exported`; multi_category differs from linear in the
+# output schema only (torch-side), so it rides on the fast MLP.
+@pytest.mark.parametrize("kind,head,pooling", [("hf", "linear", "cls"),
+                                               ("encoder", "linear", "cls"),
+                                               ("mlp", "multi_category", "cls")])
+def test_every_kind_and_head_scores_equal_on_onnx(kind, head, pooling, tiny_bert, tmp_path):
+    exp = export_kind(tmp_path / "export", tiny_bert, kind, head, pooling,
+                      **({"labels": SEVERITY} if head == "multi_category" else {}))
+    batch = batch_for(exp)
+    ref, got = Scorer(exp, ["id"])(batch), Scorer(exp, ["id"], backend="onnx")(batch)
+    assert list(got) == list(ref)
+    assert scores(ref).std() > 0.1
+    np.testing.assert_allclose(scores(got), scores(ref), atol=1e-5, rtol=0)
+
+
+def test_graphs_are_cached_by_content_outside_the_export(exported):
+    listing = storage.content_listing(exported)
+    fp32 = onnx_backend.graph_path(exported, "onnx")
+    int8 = onnx_backend.graph_path(exported, "onnx-int8")
+    assert os.path.dirname(fp32) == os.path.dirname(int8) == onnx_backend.cache_dir(exported)
+    assert fp32.startswith(os.path.join(storage.cache_root(), "onnx"))
+    assert storage.content_listing(exported) == listing  # nothing written into the export
+    stamp = os.stat(fp32).st_mtime_ns
+    assert onnx_backend.graph_path(exported, "onnx") == fp32
+    assert os.stat(fp32).st_mtime_ns == stamp  # made once
+    with open(int8, "rb") as f:
+        assert onnx_backend.onnx_digest(exported, "onnx-int8") == hashlib.sha256(
+            f.read()).hexdigest()
+    assert onnx_backend.onnx_digest(exported, "onnx") != onnx_backend.onnx_digest(
+        exported, "onnx-int8")
+    assert onnx_backend.onnx_digest(exported, "torch") == ""
+
+
+def test_int8_scores_stay_close_to_fp32(exported):
+    batch = batch_for(exported)
+    ref = scores(Scorer(exported, ["id"])(batch))
+    got = scores(Scorer(exported, ["id"], backend="onnx-int8")(batch))
+    diff = np.abs(got - ref)
+    assert 0 < diff.max() <= INT8_TOLERANCE  # quantized (not fp32 again), and close
+
+
+def _sample(tmp_path, rows: int = 200) -> str:
+    from .onnx_models import TEXTS
+
+    texts = [f"{TEXTS[i % len(TEXTS)]} {' again' * (i % 7)}" for i in range(rows)]
+    path = str(tmp_path / "sample.parquet")
+    pq.write_table(pa.table({"text": texts}), path)
+    return path
+
+
+def test_gate_passes_the_int8_graph_and_records_figures(exported, tmp_path):
+    figures = parity.check_int8(exported, _sample(tmp_path))
+    assert figures["rows"] == 200 and figures["auc_against"] == "fp32 decisions"
+    assert figures["passed"] and parity.gate(figures, exported) is figures
+    assert 0 < figures["max_abs_diff_vs_fp32"] <= INT8_TOLERANCE
+    assert figures["int8_graph_sha256"] == onnx_backend.onnx_digest(exported, "onnx-int8")
+    assert set(figures["per_label"]) == {"toxic", "insult", "threat"}
+
+
+def _damage_int8_scales(path: str) -> None:
+    """Triple the weight scales of the last quantized matmul: what a broken quantizer writes."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    scales = [t for t in model.graph.initializer if t.name.endswith("_scale")
+              and numpy_helper.to_array(t).size > 1]  # per-channel weight scales
+    for t in scales[-2:]:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 3, t.name))
+    onnx.save(model, path)
+
+
+def test_gate_refuses_a_damaged_quantization(exported, tmp_path):
+    import shutil
+
+    from mlc_dist.artifacts import read_meta, write_meta
+
+    damaged = str(tmp_path / "export")
+    shutil.copytree(exported, damaged)
+    with open(os.path.join(damaged, "tokenizer_config.json"), "a") as f:
+        f.write("\n")  # another export (a new content hash): its own cache folder
+    write_meta(damaged, read_meta(damaged))
+    # The same weights: reuse the fp32 graph rather than export it again (test time).
+    os.makedirs(onnx_backend.cache_dir(damaged))
+    shutil.copy(onnx_backend.graph_path(exported, "onnx"), onnx_backend.cache_dir(damaged))
+    _damage_int8_scales(onnx_backend.graph_path(damaged, "onnx-int8"))
+    figures = parity.check_int8(damaged, _sample(tmp_path))
+    assert not figures["passed"] and figures["max_label_flip_rate"] > parity.MAX_FLIP_RATE
+    with pytest.raises(parity.ParityError, match=r"onnx-int8 refused .* decisions flipped"):
+        parity.gate(figures, damaged)
+
+
+def test_compare_counts_flips_and_auc_drops_per_label():
+    from mlc_dist.labels import LabelSpace
+    from mlc_dist.models.outputs import OutputSchema
+
+    schema = OutputSchema(LabelSpace.from_names(["a", "b"]))
+    y = np.array([0, 0, 1, 1] * 50)
+    ref_scores = np.where(y == 1, 0.8, 0.2).astype(np.float32)
+    got_b = ref_scores.copy()
+    got_b[:2] = 0.9  # two negatives now score above every positive: 2 of 200 flip
+    ref = {"score_a": ref_scores, "score_b": ref_scores, "pred_a": (ref_scores >= .5),
+           "pred_b": (ref_scores >= .5)}
+    got = {"score_a": ref_scores, "score_b": got_b, "pred_a": (ref_scores >= .5),
+           "pred_b": (got_b >= .5)}
+    figures = parity.compare(schema, ref, got, {"a": y, "b": y})
+    assert figures["per_label"]["a"] == {"flip_rate": 0.0, "auc_fp32": 1.0, "auc_int8": 1.0,
+                                         "auc_drop": 0.0}
+    assert figures["per_label"]["b"]["flip_rate"] == 0.01
+    # 2 of 100 negatives outrank all 100 positives: AUC 1 - 2*100/(100*100) = 0.98.
+    assert figures["per_label"]["b"]["auc_drop"] == pytest.approx(0.02)
+    assert figures["decision_flip_rate"] == 0.005 and figures["max_abs_diff_vs_fp32"] == \
+        pytest.approx(0.7)
+    assert not figures["passed"]
+
+
+def test_backend_keys_are_checked_at_load():
+    job = {"run": {"name": "x"}, "score": {"backend": "onnx"}}
+    assert validate_job(job).score.backend == "onnx"
+    with pytest.raises(JobConfigError, match="onnx-int8 needs score.parity_sample"):
+        validate_job({"run": {"name": "x"}, "score": {"backend": "onnx-int8"}})
+    with pytest.raises(JobConfigError, match="runs ONNX Runtime on CPU"):
+        validate_job({**job, "scaling": {"use_gpu": True}})
