@@ -80,12 +80,14 @@ class PeakRss:
         self._thread.join()
 
 
-def run_ours(model_dir: str, input_path: str, output: str, batch_size: int):
+def run_ours(model_dir: str, input_path: str, output: str, batch_size: int,
+             backend: str = "torch", parity_sample: str | None = None):
     from mlc_dist import scoring
 
     job = validate_job({"run": {"name": "bench-score"}, "data": {"id_columns": ["id"]},
                         "score": {"input": input_path, "output": output, "model": model_dir,
-                                  "batch_size": batch_size}})
+                                  "batch_size": batch_size, "backend": backend,
+                                  "parity_sample": parity_sample}})
     started = time.perf_counter()
     summary = scoring.run(job, overwrite=True)
     seconds = time.perf_counter() - started
@@ -136,29 +138,48 @@ def _write_input(folder: str, texts: list[str], text_column: str, files: int = 1
     return folder
 
 
+def _write_sample(path: str, texts: list[str], labels: np.ndarray | None, meta,
+                  rows: int = 2000) -> str:
+    """The int8 parity sample: the first rows, with their labels when the data has them."""
+    columns = {meta.text_column: texts[:rows]}
+    if labels is not None:
+        columns.update({n: labels[:rows, j] for j, n in enumerate(meta.label_space.names)})
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
 def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
               data_file: str | None = None, model_dir: str | None = None,
-              files: int = 1) -> dict:
-    """Ours end to end (Ray start excluded; workers, imports and model load included), then the
-    same job on FIXED_ROWS rows for its fixed cost, then the pipeline and the bare loop with Ray
-    shut down, so they have the machine to themselves."""
+              files: int = 1, backend: str = "torch") -> dict:
+    """Ours end to end on `backend` (Ray start excluded; workers, imports and model load
+    included; ONNX graphs made beforehand, once per export), then the same job on FIXED_ROWS
+    rows for its fixed cost, then the pipeline and the bare loops with Ray shut down, so they
+    have the machine to themselves."""
     import ray
 
+    from mlc_dist import bench_backends
     from mlc_dist.artifacts import read_meta
     from mlc_dist.runtime import init_ray
+    from mlc_dist.scoring import onnx_backend
 
-    texts = read_texts(data_file or os.path.abspath(DEV_TSV), rows)
+    data_file = data_file or os.path.abspath(DEV_TSV)
+    texts = read_texts(data_file, rows)
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         model_dir = model_dir or export_bench_model(os.path.join(tmp, "model"))
-        text_column = read_meta(model_dir).text_column
-        input_path = _write_input(os.path.join(tmp, "input"), texts, text_column, files)
-        small_path = _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS], text_column)
+        meta = read_meta(model_dir)
+        labels = bench_backends.read_labels(data_file, rows, len(meta.label_space))
+        input_path = _write_input(os.path.join(tmp, "input"), texts, meta.text_column, files)
+        small_path = _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS],
+                                  meta.text_column)
+        sample = _write_sample(os.path.join(tmp, "parity.parquet"), texts, labels, meta)
+        onnx_backend.export_graphs(model_dir)  # once per export, not part of a scoring run
         init_ray(min_cpus=1)
         with PeakRss() as rss:
             ours_s, ours, summary = run_ours(model_dir, input_path, os.path.join(tmp, "out"),
-                                             batch_size)
+                                             batch_size, backend, sample)
         # Run second, on workers the first run warmed: a low fixed cost, a conservative rate.
-        fixed_s = run_ours(model_dir, small_path, os.path.join(tmp, "out-small"), batch_size)[0]
+        fixed_s = run_ours(model_dir, small_path, os.path.join(tmp, "out-small"), batch_size,
+                           backend, sample)[0]
         ray.shutdown()
         steady = (len(texts) - FIXED_ROWS) / max(ours_s - fixed_s, 1e-9)
         result = {"rows": len(texts), "files": files, "model": model_dir,
@@ -178,4 +199,6 @@ def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
                 "steady_fraction_of_bare": round(steady * bare_s / len(texts), 3),
                 "max_abs_diff": float(max(np.abs(ours - pipe).max(), np.abs(ours - bare).max())),
             })
+            result.update(bench_backends.backend_figures(model_dir, texts, batch_size, labels,
+                                                         bare_s, bare, backend, ours_s, ours))
     return result

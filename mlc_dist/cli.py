@@ -132,6 +132,24 @@ def predict(model_dir: Annotated[str, typer.Argument(help="Exported model folder
             typer.echo(f"  {'*' if on else ' '} {name:<24} {prob:.3f}")
 
 
+@app.command("export-onnx")
+def export_onnx(model_dir: Annotated[str, typer.Argument(help="Exported model folder or URI")],
+                int8: Annotated[bool, typer.Option(help="Also the int8 graph")] = True,
+                parity_sample: Annotated[Optional[str], typer.Option(
+                    help="Run the int8 parity gate on this file (exit 2 if it fails)")] = None):
+    """Make the export's ONNX graphs (score.backend onnx / onnx-int8) in this machine's cache;
+    print their paths and sha256 (and the parity figures) as JSON."""
+    from mlc_dist.scoring import onnx_backend, parity
+
+    def go():
+        out = onnx_backend.export_graphs(model_dir, ("onnx", "onnx-int8") if int8 else ("onnx",))
+        if parity_sample:
+            out["parity"] = parity.gate(parity.check_int8(model_dir, parity_sample), model_dir)
+        return out
+
+    typer.echo(json.dumps(_run(go), indent=2))
+
+
 @app.command("demo-data")
 def demo_data(out: Annotated[str, typer.Argument(help="Output folder")],
               rows: Annotated[int, typer.Option(help="Training rows")] = 4000,
@@ -269,12 +287,15 @@ def bench_score(rows: Annotated[int, typer.Option(
                 model_dir: Annotated[Optional[str], typer.Option(
                     help="An exported model (default: MiniLM with a fresh head)")] = None,
                 files: Annotated[int, typer.Option(
-                    help="Split the rows over this many Parquet files (a nightly drop)")] = 1):
-    """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model."""
+                    help="Split the rows over this many Parquet files (a nightly drop)")] = 1,
+                backend: Annotated[str, typer.Option(
+                    help="score.backend of our job: torch | onnx | onnx-int8")] = "torch"):
+    """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model; with
+    the ONNX fp32/int8 and torch int8 bare loops against fp32."""
     from mlc_dist.bench_score import run_bench
 
     typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir,
-                                                 files))))
+                                                 files, backend))))
 
 
 #: Accepted anywhere on the line (click takes a group's options only before the command).

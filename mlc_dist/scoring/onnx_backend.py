@@ -226,3 +226,9 @@ def load_onnx(model_dir: str, backend: str, num_threads: int | None = None):
     has_tokenizer = os.path.isfile(os.path.join(local, "tokenizer_config.json"))
     tokenizer = data.load_tokenizer(local) if has_tokenizer else None
     return OnnxModel(graph_path(model_dir, backend), num_threads), tokenizer, meta
+
+
+def export_graphs(model_dir: str, backends=("onnx", "onnx-int8")) -> dict:
+    """`mlc-dist export-onnx`: each backend's graph made (or found) in this machine's cache."""
+    return {b: {"path": graph_path(model_dir, b), "sha256": onnx_digest(model_dir, b)}
+            for b in backends}

@@ -157,7 +157,7 @@ def test_bench_score_prints_the_comparison(model_dir, tmp_path):
     tsv.write_text("".join(f"{t}\tx\tid\n" for t in
                            generate(40, seed=3).column("comment_text").to_pylist()))
     cmd = [sys.executable, "-m", "mlc_dist.cli", "bench", "score", "--rows", "120", "--files",
-           "3", "--model-dir", model_dir, "--data-file", str(tsv)]
+           "3", "--model-dir", model_dir, "--data-file", str(tsv), "--backend", "onnx"]
     done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -167,3 +167,9 @@ def test_bench_score_prints_the_comparison(model_dir, tmp_path):
                 "ratio_vs_pipeline", "fraction_of_bare"):
         assert figures[key] > 0, key
     assert figures["max_abs_diff"] <= 1e-4  # the three paths score the same rows the same
+    # Ours ran on the ONNX fp32 graph; the int8 and torch int8 loops ran on the same rows.
+    assert figures["backend"] == "onnx" and figures["max_abs_diff_vs_fp32"] <= 1e-5
+    for key in ("int8_rows_per_s", "ratio_vs_bare_fp32", "int8_max_abs_diff_vs_fp32",
+                "decision_flip_rate", "int8_decision_flip_rate", "max_auc_drop"):
+        assert key in figures, key
+    assert figures["int8_max_abs_diff_vs_fp32"] > 0 and figures["auc_against"] == "fp32 decisions"

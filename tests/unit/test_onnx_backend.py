@@ -170,3 +170,36 @@ def test_backend_keys_are_checked_at_load():
         validate_job({"run": {"name": "x"}, "score": {"backend": "onnx-int8"}})
     with pytest.raises(JobConfigError, match="runs ONNX Runtime on CPU"):
         validate_job({**job, "scaling": {"use_gpu": True}})
+
+
+def test_bench_backend_figures_come_from_the_real_outputs(exported):
+    from mlc_dist.bench_backends import backend_figures
+    from mlc_dist.bench_score import run_bare
+    from .onnx_models import TEXTS
+
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(40)]
+    bare_s, bare = run_bare(exported, texts, 8)
+    # Batches of 8 as the bare loop: dynamic int8 scales activations per batch, so a row's
+    # int8 score depends on its batch-mates (fp32 scores do not).
+    int8 = scores(Scorer(exported, [], batch_size=8, backend="onnx-int8")(
+        _tokens(exported, texts)))
+    figures = backend_figures(exported, texts, 8, None, bare_s, bare, "onnx-int8", 1.0, int8)
+    for key in ("int8_rows_per_s", "ratio_vs_bare_fp32", "max_abs_diff_vs_fp32",
+                "decision_flip_rate", "max_auc_drop", "onnx_rows_per_s", "torch_int8_rows_per_s"):
+        assert key in figures, key
+    assert figures["max_abs_diff_vs_fp32"] == pytest.approx(float(np.abs(int8 - bare).max()))
+    assert figures["decision_flip_rate"] == pytest.approx(
+        float(((int8 >= 0.5) != (bare >= 0.5)).mean()), abs=1e-6)
+    # The bare int8 loop runs the same graph on the same rows as the Scorer: the same scores.
+    assert figures["int8_max_abs_diff_vs_fp32"] == pytest.approx(figures["max_abs_diff_vs_fp32"],
+                                                                 abs=1e-6)
+    assert 0 < figures["int8_max_abs_diff_vs_fp32"] <= INT8_TOLERANCE
+    assert figures["onnx_max_abs_diff_vs_fp32"] <= 1e-5 and figures["auc_against"] == \
+        "fp32 decisions"
+    assert figures["ratio_vs_bare_fp32"] == round(bare_s / 1.0, 3)
+
+
+def _tokens(model_dir, texts):
+    from mlc_dist import data
+
+    return data.Tokenize(model_dir, 64, keep=[])({"text": np.array(texts)})
