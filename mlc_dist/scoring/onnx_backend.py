@@ -180,13 +180,33 @@ def quantize_int8(fp32_path: str, out_path: str) -> None:
 
     pre = f"{out_path}.pre.onnx"
     try:
-        quant_pre_process(fp32_path, pre, auto_merge=True)
+        try:
+            quant_pre_process(fp32_path, pre, auto_merge=True)
+        except Exception:  # noqa: BLE001 - symbolic shapes incomplete: ONNX's own inference
+            _remove_shape_inference_dump()
+            quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
         quantize_dynamic(pre, out_path, per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=INT8_OP_TYPES,
                          extra_options={"MatMulConstBOnly": True})
     finally:
         if os.path.exists(pre):
             os.remove(pre)
+
+
+def _remove_shape_inference_dump(name: str = "sym_shape_infer_temp.onnx") -> None:
+    """ORT's symbolic shape inference, when incomplete, dumps its model (and external data)
+    into the working directory before raising; remove that, not leave it in the user's folder."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    if not os.path.isfile(name):
+        return
+    model = onnx.load(name, load_external_data=False)
+    for location in {ExternalDataInfo(t).location for t in model.graph.initializer
+                     if uses_external_data(t)}:
+        if os.path.isfile(location):
+            os.remove(location)
+    os.remove(name)
 
 
 class OnnxModel:
