@@ -245,7 +245,8 @@ class JobConfig(_Section):
         if self.data.label_categories and self.model.head != "multi_category":
             raise ValueError("data.label_categories needs model.head: multi_category")
         sc = self.score
-        if sc.backend != "torch" and (self.scaling.use_gpu or sc.precision not in ("auto", "fp32")):
+        if sc.backend != "torch" and (self.scaling.use_gpu
+                                      or sc.precision not in ("auto", "fp32")):
             raise ValueError(f"score.backend: {sc.backend} runs ONNX Runtime on CPU in fp32 "
                              "(int8: its own quantization); use scaling.use_gpu: false and "
                              "score.precision: auto, or score.backend: torch")
