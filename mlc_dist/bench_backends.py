@@ -45,10 +45,11 @@ def bare_loop(tokenizer, texts: list[str], batch_size: int, max_length: int, for
                     return_attention_mask=False)["input_ids"]
     ids = data.tokenize._ragged(enc, np.int32)
     order = np.argsort([len(e) for e in enc], kind="stable")
+    padding = data.padding_of(tokenizer)
     logits = np.zeros((len(texts), num_outputs), np.float32)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        logits[rows] = forward(data.pad_batch({"input_ids": ids[rows]}, tokenizer.pad_token_id))
+        logits[rows] = forward(data.pad_batch({"input_ids": ids[rows]}, *padding))
     return time.perf_counter() - started, logits
 
 
