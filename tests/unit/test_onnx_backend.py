@@ -107,14 +107,14 @@ def test_gate_passes_the_int8_graph_and_records_figures(exported, tmp_path):
 
 
 def _damage_int8_scales(path: str) -> None:
-    """Triple the weight scales of the last quantized matmul: what a broken quantizer writes."""
+    """Triple every per-channel weight scale: what a broken quantizer writes."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(path)
     scales = [t for t in model.graph.initializer if t.name.endswith("_scale")
               and numpy_helper.to_array(t).size > 1]  # per-channel weight scales
-    for t in scales[-2:]:
+    for t in scales:
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 3, t.name))
     onnx.save(model, path)
 
@@ -124,17 +124,24 @@ def test_gate_refuses_a_damaged_quantization(exported, tmp_path):
 
     from mlc_dist.artifacts import read_meta, write_meta
 
-    damaged = str(tmp_path / "export")
+    damaged, sample = str(tmp_path / "export"), _sample(tmp_path)
     shutil.copytree(exported, damaged)
-    with open(os.path.join(damaged, "tokenizer_config.json"), "a") as f:
-        f.write("\n")  # another export (a new content hash): its own cache folder
-    write_meta(damaged, read_meta(damaged))
+    # Thresholds at each label's median fp32 score on the sample, as tuned thresholds sit among
+    # the scores: decisions of both kinds, so flips and AUC are measured. A new content hash too.
+    meta = read_meta(damaged)
+    batch, _ = parity.read_sample(sample, damaged, meta)
+    meta.thresholds = np.median(scores(Scorer(damaged, [])(batch)), axis=0).tolist()
+    write_meta(damaged, meta)
     # The same weights: reuse the fp32 graph rather than export it again (test time).
     os.makedirs(onnx_backend.cache_dir(damaged))
     shutil.copy(onnx_backend.graph_path(exported, "onnx"), onnx_backend.cache_dir(damaged))
+    healthy = parity.check_int8(damaged, sample)
     _damage_int8_scales(onnx_backend.graph_path(damaged, "onnx-int8"))
-    figures = parity.check_int8(damaged, _sample(tmp_path))
-    assert not figures["passed"] and figures["max_label_flip_rate"] > parity.MAX_FLIP_RATE
+    figures = parity.check_int8(damaged, sample)
+    assert figures["int8_graph_sha256"] != healthy["int8_graph_sha256"]
+    assert figures["max_label_flip_rate"] > max(parity.MAX_FLIP_RATE,
+                                                healthy["max_label_flip_rate"]), (healthy, figures)
+    assert not figures["passed"]
     with pytest.raises(parity.ParityError, match=r"onnx-int8 refused .* decisions flipped"):
         parity.gate(figures, damaged)
 
