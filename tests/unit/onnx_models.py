@@ -12,15 +12,27 @@ SEVERITY = LabelSpace(("severity", "spam"), {"severity": ("none", "mild", "sever
 FEATURES = [f"f{i}" for i in range(5)]
 
 
-def spread_out(model: torch.nn.Module) -> None:
-    """Scale the output layer so the scores cover (0, 1) rather than sit near 0.5."""
+TEXTS = ["you are an idiot", "thanks for the references, very helpful",
+         "I will find you", "ok", "what a clown, get lost and never come back here again",
+         "the article cites three sources", "stop it", "this is the worst edit ever made",
+         "great work on the history section", "nobody cares about your opinion",
+         "see the talk page", "you should be banned"]
+
+
+def spread_out(model: torch.nn.Module, inputs: dict) -> None:
+    """Rescale the output layer so each output's logits over `inputs` have mean 0 and std 2:
+    scores over most of (0, 1) rather than near one value, whatever the random encoder gives."""
     from mlc_dist.models import output_bias
 
     bias = output_bias(model)
     weight = next(p for m in model.modules() for n, p in m.named_parameters(recurse=False)
                   if n == "weight" and any(b is bias for b in m.parameters(recurse=False)))
     with torch.no_grad():
-        weight.mul_(60.0)
+        logits = model(**inputs).logits  # [B, num_outputs]
+        # Capped: a near-constant output (a random BERT's CLS) would need an ill-conditioned head.
+        scale = (2.0 / logits.std(0).clamp(min=1e-6)).clamp(max=100.0)
+        weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)))
+        bias.copy_(scale * (bias - logits.mean(0)))
 
 
 def export_kind(directory, tiny_bert: str, kind: str = "hf", head: str = "linear",
@@ -41,18 +53,16 @@ def export_kind(directory, tiny_bert: str, kind: str = "hf", head: str = "linear
     if kind == "mlp":  # running statistics of a trained BatchNorm, not the identity
         model.body[0].running_mean.normal_()
         model.body[0].running_var.uniform_(0.5, 2.0)
-    spread_out(model)
+    if kind == "mlp":
+        inputs = {"features": torch.from_numpy(np.random.default_rng(1).normal(
+            size=(24, len(FEATURES))).astype(np.float32))}
+    else:
+        inputs = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    spread_out(model, inputs)
     meta = ModelMeta(labels, [0.5] * len(labels), "text", None, 64, tiny_bert, kind=kind,
                      head=head, feature_columns=FEATURES if kind == "mlp" else None)
     save_export(str(directory), model, tokenizer, meta)
     return str(directory)
-
-
-TEXTS = ["you are an idiot", "thanks for the references, very helpful",
-         "I will find you", "ok", "what a clown, get lost and never come back here again",
-         "the article cites three sources", "stop it", "this is the worst edit ever made",
-         "great work on the history section", "nobody cares about your opinion",
-         "see the talk page", "you should be banned"]
 
 
 def batch_for(model_dir: str, rows: int = 24) -> dict[str, np.ndarray]:

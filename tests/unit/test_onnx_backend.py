@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlc_dist import storage
+from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfigError, validate_job
 from mlc_dist.scoring import Scorer
 from mlc_dist.scoring import onnx_backend, parity
 from .onnx_models import SEVERITY, batch_for, export_kind
 
-INT8_TOLERANCE = 0.05  # max abs difference of int8 from fp32 scores on the tiny model
+INT8_TOLERANCE = 0.1  # max abs difference of int8 from fp32 scores on the tiny 32-wide model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,6 +25,18 @@ def onnx_cache(tmp_path_factory):
     mp.setenv("MLC_DIST_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A tiny BERT with wider initial weights than the session's: its CLS state varies with the
+    text, so scores spread (the shared one's CLS is near-constant)."""
+    import torch
+
+    from ..conftest import build_tiny_bert
+
+    torch.manual_seed(0)
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"), initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +55,7 @@ def test_onnx_scores_equal_torch_fp32(exported):
     got = Scorer(exported, ["id"], batch_size=5, backend="onnx")(batch)
     assert got["id"].tolist() == ref["id"].tolist() == [f"r{i}" for i in range(24)]
     # The comparison means something only if the scores are spread out, not all near 0.5.
-    assert scores(ref).max() - scores(ref).min() > 0.75 and scores(ref).std() > 0.1
+    assert scores(ref).max() - scores(ref).min() > 0.85 and scores(ref).std() > 0.2
     np.testing.assert_allclose(scores(got), scores(ref), atol=1e-5, rtol=0)
     assert all((got[k] == ref[k]).all() for k in ref if k.startswith("pred_"))
 
@@ -58,7 +71,7 @@ def test_every_kind_and_head_scores_equal_on_onnx(kind, head, pooling, tiny_bert
     batch = batch_for(exp)
     ref, got = Scorer(exp, ["id"])(batch), Scorer(exp, ["id"], backend="onnx")(batch)
     assert list(got) == list(ref)
-    assert scores(ref).std() > 0.1
+    assert scores(ref).std() > 0.15
     np.testing.assert_allclose(scores(got), scores(ref), atol=1e-5, rtol=0)
 
 
@@ -97,13 +110,28 @@ def _sample(tmp_path, rows: int = 200) -> str:
     return path
 
 
-def test_gate_passes_the_int8_graph_and_records_figures(exported, tmp_path):
-    figures = parity.check_int8(exported, _sample(tmp_path))
+def test_gate_figures_are_int8_against_fp32_on_the_sample(exported, tmp_path):
+    sample = _sample(tmp_path)
+    figures = parity.check_int8(exported, sample)
+    batch, _ = parity.read_sample(sample, exported, read_meta(exported))
+    ref = Scorer(exported, [])(batch)
+    got = Scorer(exported, [], backend="onnx-int8")(batch)
     assert figures["rows"] == 200 and figures["auc_against"] == "fp32 decisions"
-    assert figures["passed"] and parity.gate(figures, exported) is figures
+    assert set(figures["per_label"]) == {"toxic", "insult", "threat"}
+    for name, f in figures["per_label"].items():
+        assert f["flip_rate"] == round(float((ref[f"pred_{name}"] != got[f"pred_{name}"]).mean()),
+                                       6)
+    assert figures["max_abs_diff_vs_fp32"] == pytest.approx(float(np.abs(scores(ref) - scores(
+        got)).max()))
     assert 0 < figures["max_abs_diff_vs_fp32"] <= INT8_TOLERANCE
     assert figures["int8_graph_sha256"] == onnx_backend.onnx_digest(exported, "onnx-int8")
-    assert set(figures["per_label"]) == {"toxic", "insult", "threat"}
+    assert figures["passed"] == (figures["max_label_flip_rate"] <= parity.MAX_FLIP_RATE and
+                                 (figures["max_auc_drop"] or 0) <= parity.MAX_AUC_DROP)
+    if figures["passed"]:
+        assert parity.gate(figures, exported) is figures
+    else:
+        with pytest.raises(parity.ParityError):
+            parity.gate(figures, exported)
 
 
 def _damage_int8_scales(path: str) -> None:
@@ -122,7 +150,7 @@ def _damage_int8_scales(path: str) -> None:
 def test_gate_refuses_a_damaged_quantization(exported, tmp_path):
     import shutil
 
-    from mlc_dist.artifacts import read_meta, write_meta
+    from mlc_dist.artifacts import write_meta
 
     damaged, sample = str(tmp_path / "export"), _sample(tmp_path)
     shutil.copytree(exported, damaged)
