@@ -178,6 +178,10 @@ class ScoreConfig(_Section):
     on_bad_text: Literal["quarantine", "fail"] = "quarantine"
     on_long_text: Literal["truncate", "quarantine"] = "truncate"
     max_chars: int = Field(20000, ge=1)
+    # Quality gate: more quarantined rows than this fraction of rows in fails the run (exit 3).
+    max_quarantine_fraction: float = Field(0.1, ge=0, le=1)
+    # One writer per output: a lease without a heartbeat for this long may be taken over.
+    lease_timeout_s: float = Field(300.0, gt=0)
 
 
 class EvaluateConfig(_Section):

@@ -45,17 +45,19 @@ def same_file(a: dict | None, b: dict) -> bool:
     return a is not None and all(a.get(k) == b[k] for k in ("size", "mtime_ns", "sha256"))
 
 
-def export_digest(model_dir: str) -> str:
-    """Every file of a local export folder (names and contents): which model, exactly."""
-    return hashlib.sha256(storage.content_listing(model_dir).encode()).hexdigest()
-
-
-def model_id(model_dir: str, settings: dict | None = None) -> str:
-    """The export's files plus the scoring settings that change scores (precision, max_chars,
-    on_long_text): two parts with one model_id were scored the same way."""
-    digest = hashlib.sha256(export_digest(model_dir).encode())
+def model_id(model_dir: str, settings: dict | None = None,
+             export_digest: str | None = None) -> str:
+    """The export's files (storage.export_digest) plus the scoring settings that change scores
+    (precision, max_chars, on_long_text): two parts with one model_id were scored the same way."""
+    digest = hashlib.sha256((export_digest or storage.export_digest(model_dir)).encode())
     digest.update(json.dumps(settings or {}, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def scoring_settings(score) -> dict:
+    """The `score.*` keys that change what a model outputs for a row."""
+    return {"precision": score.precision, "max_chars": score.max_chars,
+            "on_long_text": score.on_long_text}
 
 
 def _canonical(value):

@@ -46,12 +46,14 @@ class Scorer:
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
-                 num_threads: int | None = None, batch_size: int = 64):
+                 num_threads: int | None = None, batch_size: int = 64,
+                 export_digest: str | None = None):
         from mlc_dist.artifacts import load_export
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model, tokenizer, self.meta = load_export(model_dir)
+        # export_digest: the export the job identified; a replaced one is refused (ExportChanged).
+        self.model, tokenizer, self.meta = load_export(model_dir, expected_digest=export_digest)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
@@ -103,7 +105,8 @@ def _all_scored(batch: pa.Table) -> pa.Table:
 
 
 def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: ModelMeta,
-                   raw: ray.data.Dataset, passthrough: list[str]) -> ray.data.Dataset:
+                   raw: ray.data.Dataset, passthrough: list[str],
+                   export_digest: str | None = None) -> ray.data.Dataset:
     """Lazy dataset of passthrough columns + `_reason` + score_/pred_ columns for `paths`."""
     sc = job.score
     if job.data.feature_columns:  # tabular input: numeric features, checked by Normalize
@@ -115,17 +118,19 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
                           sc.max_chars, meta.text_pair_column)
         raw = raw.map_batches(check, batch_format="pyarrow")
     return score_dataset(job, raw, model_dir, meta.max_length, [*passthrough, REASON],
-                         sc.batch_size)
+                         sc.batch_size, export_digest)
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
-                  passthrough: list[str], batch_size: int) -> ray.data.Dataset:
+                  passthrough: list[str], batch_size: int,
+                  export_digest: str | None = None) -> ray.data.Dataset:
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     sc = job.score
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     threads = sc.threads_per_actor or max(1, (os.cpu_count() or 1) // sc.num_actors)
     return ds.map_batches(
-        Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size),
+        Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size,
+                             export_digest),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
