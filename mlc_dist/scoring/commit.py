@@ -179,6 +179,7 @@ class Part:
     def audit_rows(self) -> None:
         c, path = self.counts, self.input.path
         if c["rows_out"] + c["rows_quarantined"] != self.input.rows_in:
+            self._check_input()  # a file rewritten while it streams: exit 2, not an audit failure
             raise AuditError(f"{path}: {self.input.rows_in} rows in but {c['rows_out']} scored + "
                              f"{c['rows_quarantined']} quarantined; nothing was committed")
 
@@ -187,6 +188,7 @@ class Part:
         ids_out = self.ids_out.summary() if self.has_ids and self.input.passthrough else {}
         if ids_out and self.input.ids_in and \
                 ids_out["ids_fingerprint"] != self.input.ids_in["ids_fingerprint"]:
+            self._check_input()
             raise AuditError(f"{self.input.path}: the ids scored + quarantined are not the ids "
                              f"read (fingerprint {ids_out['ids_fingerprint']} vs "
                              f"{self.input.ids_in['ids_fingerprint']}); nothing was committed")

@@ -149,3 +149,9 @@ def prepare(out: Output) -> None:
             else:
                 out.fs.delete_file(info.path)
     out.fs.create_dir(out.path(TMP, out.run_id))
+
+
+def finish(out: Output) -> None:
+    """The run's own temp folder, once it is published."""
+    if out.exists(TMP, out.run_id):
+        out.fs.delete_dir(out.path(TMP, out.run_id))

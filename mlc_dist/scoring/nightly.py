@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
@@ -163,6 +164,7 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
         _publish(job, out, lease, {"model_id": mid, "model": model_dir, "output": out.uri,
                                    "date": date, "run_id": out.run_id, "parts": records,
                                    **totals})
+    manifest.finish(out)
     new_rows = sum(r["rows_in"] for r in committed.values())
     return {"rows": totals["rows_out"], **totals, "parts_committed": len(committed),
             "parts_skipped": len(done), "parts_removed": len(plan["removed"]),
@@ -219,7 +221,7 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
         if missing:
             raise data.DataError(f"{path}: missing column(s) {missing}; columns are "
                                  f"{schema.names}")
-        rows_in, ids_in = _count(raw, passthrough if job.data.id_columns else [])
+        rows_in, ids_in = _count(path, cfg, raw, passthrough if job.data.id_columns else [])
         item = InputFile(path, name, schema, passthrough, rows_in, identities[name], ids_in)
         # An empty file streams nothing, so its schema (often all-null types) splits no run.
         ref = next((g.schema for g in group if g.rows_in), None)
@@ -231,13 +233,20 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
         yield group
 
 
-def _count(raw, id_columns: list[str]) -> tuple[int, dict]:
-    """Rows of one input file, and the fingerprint of its ids when the job declares them."""
+def _count(path: str, cfg, raw, id_columns: list[str]) -> tuple[int, dict]:
+    """Rows of one input file, and the fingerprint of its ids when the job declares them.
+    Parquet is read here (id columns only: no Ray tasks); other formats through Ray Data's
+    reader, which is what the scoring stream sees."""
     if not id_columns:
         return raw.count(), {}
     ids = IdSet()
-    for batch in raw.select_columns(id_columns).iter_batches(batch_size=None,
-                                                             batch_format="pyarrow"):
+    if data.detect_format([path], cfg.format) == "parquet":
+        fs, inner = storage.filesystem(path)
+        batches = [pq.read_table(inner, columns=id_columns, filesystem=fs)]
+    else:
+        batches = raw.select_columns(id_columns).iter_batches(batch_size=None,
+                                                              batch_format="pyarrow")
+    for batch in batches:
         ids.add(id_digests(batch, id_columns))
     summary = ids.summary()
     return summary["ids"], summary
