@@ -117,7 +117,9 @@ def reconcile(out: Output, names: list[str], identities: dict[str, dict], mid: s
     if strays:
         log.warning("%s: removed %d part file(s) no record listed (a killed run's): %s",
                     out.uri, len(strays), strays[:5])
-    return {"done": done, "removed": [n for n, _ in removed], "strays": strays}
+    return {"done": done, "strays": strays,
+            "removed": [n for n, why in removed if why == "its input was withdrawn"],
+            "changed": [n for n, why in removed if why == "its input changed"]}
 
 
 def clear(out: Output) -> None:

@@ -147,7 +147,7 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
         log.info("%s: committed by an earlier run for the same input and model, skipped", name)
     pending = [(path, name) for path, name in zip(files, names) if name not in done]
     started = time.perf_counter()
-    unchanged = not pending and not plan["removed"] and not plan["strays"]
+    unchanged = not pending and not plan["removed"] and not plan["strays"]  # changed: pending
     if unchanged and manifest.is_complete(out.uri):
         committed = {}
     else:
@@ -168,6 +168,7 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
     new_rows = sum(r["rows_in"] for r in committed.values())
     return {"rows": totals["rows_out"], **totals, "parts_committed": len(committed),
             "parts_skipped": len(done), "parts_removed": len(plan["removed"]),
+            "parts_rescored": len(plan["changed"]),
             "strays_removed": len(plan["strays"]), "seconds": elapsed,
             "rows_per_s": new_rows / max(elapsed, 1e-9), "output": out.uri, "model": model_dir,
             "model_id": mid, "run_id": out.run_id}

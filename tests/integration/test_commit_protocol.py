@@ -49,7 +49,9 @@ def drop_file(path, rows, seed, nulls=0):
 def job(model_dir, inputs, output, **score):
     return validate_job({"run": {"name": "commit-test"}, "data": {"id_columns": ["id"]},
                          "score": {"input": str(inputs), "output": str(output),
-                                   "model": str(model_dir), "window_rows": 16,
+                                   # One row per forward pass: a row's scores are then
+                                   # bit-identical whatever else its run scored.
+                                   "model": str(model_dir), "window_rows": 16, "batch_size": 1,
                                    "max_quarantine_fraction": 0.5, **score}})
 
 
@@ -143,8 +145,8 @@ def test_changed_inputs_are_rescored_withdrawn_dropped_new_scored(model_dir, tmp
     os.remove(inputs / "withdraw.parquet")
     drop_file(inputs / "added.parquet", 9, seed=71)
     summary = scoring.run(job(model_dir, inputs, out))
-    assert (summary["parts_committed"], summary["parts_skipped"], summary["parts_removed"]) == \
-        (3, 1, 1)
+    assert (summary["parts_committed"], summary["parts_skipped"], summary["parts_removed"],
+            summary["parts_rescored"]) == (3, 1, 1, 2)
     assert (out / "part-keep.parquet").stat().st_mtime_ns == keep_before
     assert not (out / "part-withdraw.parquet").exists()
     table = mlc_dist.read_scores(str(out))
