@@ -22,7 +22,7 @@ _seen: Counter = Counter()
 
 
 class Crash(BaseException):
-    """A simulated kill: nothing after it runs, and the run's lease is left behind as it would be."""
+    """A simulated kill: nothing after it runs; the run's lease is left behind, as it would be."""
 
 
 def reset() -> None:
