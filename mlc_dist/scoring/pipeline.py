@@ -8,7 +8,6 @@ file layouts data/'s, what the outputs mean the output schema's (models/outputs.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -18,22 +17,34 @@ import torch
 from mlc_dist import data
 from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import JobConfig
+from mlc_dist.precision import resolve
 from mlc_dist.scoring.textcheck import OK, REASON, SCORED, CheckText
 
 log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 (fp16 without bf16 support) on GPU; fp32 on CPU unless it has AMX bf16."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "bf16" if " amx_bf16" in f.read() else "fp32"
-    except OSError:
-        return "fp32"
+    """The scorer's precision on its device (see `mlc_dist.precision.resolve`)."""
+    return resolve(precision, device, key="score.precision", training=False)
+
+
+def assigned_device() -> torch.device:
+    """Inside a Ray actor: its GPU only if Ray assigned one (Ray then sets CUDA_VISIBLE_DEVICES,
+    so it is cuda:0), else CPU, never an unreserved GPU of a shared node. Outside Ray: cuda:0 if
+    there is one."""
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        return torch.device("cuda", 0) if gpus else torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def actor_threads(num_actors: int, reserved_cpus: float) -> int:
+    """Torch threads for one scoring actor: its node's CPUs (as Ray counts them, cgroup limits
+    included) shared by the pool, and never fewer than it reserved. Computed in the actor, on its
+    own node: the driver's `os.cpu_count()` says nothing about a worker node."""
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
+    return max(1, int(reserved_cpus), int(cpus) // num_actors)
 
 
 class Scorer:
@@ -54,11 +65,12 @@ class Scorer:
             torch.set_num_threads(num_threads)
         # export_digest: the export the job identified; a replaced one is refused (ExportChanged).
         self.model, tokenizer, self.meta = load_export(model_dir, expected_digest=export_digest)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            resolve_precision(precision, self.device))
+        self.device = assigned_device()
+        # Cast once for the precision (autocast would re-cast every weight on every forward).
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            resolve_precision(precision, self.device)]
+        self.model.to(self.device, dtype)
+        self.pad_token_id, self.padding_side = data.padding_of(tokenizer)
         self.passthrough, self.batch_size = passthrough, batch_size
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
         self.outputs = self.meta.outputs
@@ -74,20 +86,37 @@ class Scorer:
             ids = batch["input_ids"]
             lengths = np.fromiter((len(ids[i]) for i in todo), dtype=np.int64, count=len(todo))
             todo = todo[np.argsort(lengths, kind="stable")]
-        for start in range(0, len(todo), self.batch_size):
-            rows = todo[start:start + self.batch_size]
-            probs[rows] = self._forward({k: batch[k][rows] for k in inputs})
+        # Sub-batch results stay on the device; one copy back per window, not per sub-batch.
+        chunks = [self._forward({k: batch[k][todo[i:i + self.batch_size]] for k in inputs})
+                  for i in range(0, len(todo), self.batch_size)]
+        if chunks:
+            probs[todo] = torch.cat(chunks).cpu().numpy()
         out = {c: batch[c] for c in self.passthrough}
         out.update(self.outputs.columns(probs, self.thresholds))
         return out
 
-    def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = {k: torch.from_numpy(v).to(self.device)
-                  for k, v in data.pad_batch(tokens, self.pad_token_id).items()}
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
-            logits = self.model(**inputs).logits
-        return self.outputs.probabilities(logits.float()).cpu().numpy()  # [B, num_outputs]
+    def _forward(self, tokens: dict[str, np.ndarray]) -> torch.Tensor:
+        cuda = self.device.type == "cuda"
+        inputs = {k: self._to_device(torch.from_numpy(v), cuda)
+                  for k, v in data.pad_batch(tokens, self.pad_token_id,
+                                             self.padding_side).items()}
+        logits = self.model(**inputs).logits
+        return self.outputs.probabilities(logits.float())  # [B, num_outputs], on the device
+
+    def _to_device(self, t: torch.Tensor, cuda: bool) -> torch.Tensor:
+        if t.is_floating_point():  # tabular features: the model's dtype
+            t = t.to(next(self.model.parameters()).dtype)
+        return t.pin_memory().to(self.device, non_blocking=True) if cuda else t
+
+
+class _PoolScorer(Scorer):
+    """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
+
+    def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
+                 reserved_cpus, export_digest=None):
+        super().__init__(model_dir, passthrough, precision,
+                         threads or actor_threads(num_actors, reserved_cpus), batch_size,
+                         export_digest)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -95,8 +124,8 @@ def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> li
         return list(job.data.id_columns)
     # No ids declared: keep every input column that is not text or a label.
     cfg = job.data
-    drop = {meta.text_column, meta.text_pair_column, cfg.label_list_column, data.PATH,
-            *(cfg.label_columns or []), *(cfg.feature_columns or [])}
+    drop = {meta.text_column, meta.text_pair_column, cfg.label_list_column, data.PATH, data.LINE,
+            data.READ_ERROR, *(cfg.label_columns or []), *(cfg.feature_columns or [])}
     return [c for c in names if c not in drop]
 
 
@@ -113,12 +142,14 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
         raw = raw.map_batches(data.Normalize(job.data, None, None, passthrough),
                               batch_format="pyarrow")
         raw = raw.map_batches(_all_scored, batch_format="pyarrow")
+        keep = [*passthrough, REASON]
     else:  # text input: the declared bad-text policy applies
         check = CheckText(meta.text_column, passthrough, sc.on_bad_text, sc.on_long_text,
                           sc.max_chars, meta.text_pair_column)
         raw = raw.map_batches(check, batch_format="pyarrow")
-    return score_dataset(job, raw, model_dir, meta.max_length, [*passthrough, REASON],
-                         sc.batch_size, export_digest)
+        keep = [*passthrough, data.LINE, REASON]  # the line: for the quarantine
+    return score_dataset(job, raw, model_dir, meta.max_length, keep, sc.batch_size,
+                         export_digest)
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
@@ -127,10 +158,10 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     sc = job.score
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
-    threads = sc.threads_per_actor or max(1, (os.cpu_count() or 1) // sc.num_actors)
     return ds.map_batches(
-        Scorer, fn_constructor_args=(model_dir, passthrough, sc.precision, threads, batch_size,
-                             export_digest),
+        _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
+                                          sc.threads_per_actor, batch_size, sc.num_actors,
+                                          job.scaling.cpus_per_worker, export_digest),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)

@@ -10,18 +10,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlc_dist.data import PATH, TEXT, TEXT_PAIR, DataError
+from mlc_dist.data import LINE, PATH, READ_ERROR, TEXT, TEXT_PAIR, DataError
+from mlc_dist.data.rows import READ_ERRORS
+from mlc_dist.data.strings import as_string
+
+HIDDEN = (PATH, LINE, READ_ERROR)  # reader columns, never named to users as data columns
 
 REASON = "_reason"
 OK, TRUNCATED = "", "truncated"
 NULL_TEXT, NON_STRING, INVALID_UTF8, TOO_LONG = "null_text", "non_string_text", "invalid_utf8", \
     "too_long"
-BAD = (NULL_TEXT, NON_STRING, INVALID_UTF8)
+# Rows of CSV/TSV/JSONL files that could not be read (data/rows.py): invalid_utf8,
+# wrong_field_count, not_a_json_object.
+BAD = (NULL_TEXT, NON_STRING, INVALID_UTF8, *READ_ERRORS)
 SCORED = (OK, TRUNCATED)
 
 
 class CheckText:
-    """Raw batch -> passthrough columns, `text` (str; "" on bad rows) and `_reason`."""
+    """Raw batch -> passthrough columns, `text` (str; "" on bad rows), `_line` (the row's line in
+    a CSV/TSV/JSONL file, else null) and `_reason`."""
 
     def __init__(self, text_column: str, passthrough: list[str], on_bad_text: str,
                  on_long_text: str, max_chars: int, pair_column: str | None = None):
@@ -33,8 +40,8 @@ class CheckText:
                                *self.passthrough] if c not in batch.column_names]
         if missing:
             raise DataError(f"{_where(batch)}: missing column(s) {missing}; columns are "
-                            f"{[c for c in batch.column_names if c != PATH]}")
-        text, reason = _as_text(batch.column(self.text_column).combine_chunks())
+                            f"{[c for c in batch.column_names if c not in HIDDEN]}")
+        text, reason = _as_text(batch.column(self.text_column))
         long = pc.fill_null(pc.greater(pc.utf8_length(text), self.max_chars), False)
         long = long.to_numpy(zero_copy_only=False) & (reason == OK)
         if long.any():
@@ -44,48 +51,80 @@ class CheckText:
                 reason[long] = TRUNCATED
             else:
                 reason[long] = TOO_LONG
+        out = _as_ids(batch, self.passthrough, reason)
+        if READ_ERROR in batch.column_names:  # the reader's verdict comes first: the row is unread
+            read_error = batch.column(READ_ERROR).to_numpy(zero_copy_only=False)
+            reason[read_error != ""] = read_error[read_error != ""]
         bad = np.isin(reason, BAD)
         if bad.any() and self.on_bad_text == "fail":
-            i = int(np.argmax(bad))
-            ids = ", ".join(f"{c}={batch.column(c)[i].as_py()!r}" for c in self.passthrough)
-            raise DataError(f"{_where(batch, i)}: row {ids or i}: column {self.text_column!r} is "
-                            f"{reason[i].replace('_', ' ')} (score.on_bad_text: fail)")
-        out = {c: batch.column(c) for c in self.passthrough}
+            self._fail(batch, reason, int(np.argmax(bad)))
         out[TEXT] = pc.fill_null(text, "")
         if self.pair_column:  # the second text of pair models is optional context: null -> ""
-            out[TEXT_PAIR] = pc.fill_null(batch.column(self.pair_column).cast(pa.string()), "")
+            pair = as_string(batch.column(self.pair_column))
+            out[TEXT_PAIR] = pc.fill_null(pair[0] if pair else
+                                          batch.column(self.pair_column).cast(pa.string()), "")
+        out[LINE] = (batch.column(LINE) if LINE in batch.column_names
+                     else pa.nulls(len(batch), pa.int64()))
         out[REASON] = pa.array(reason, pa.string())
         return pa.table(out)
+
+    def _fail(self, batch: pa.Table, reason: np.ndarray, i: int):
+        where = _where(batch, i)
+        if LINE in batch.column_names:
+            where += f": line {batch.column(LINE)[i].as_py()}"
+        ids = ", ".join(f"{c}={batch.column(c)[i].as_py()!r}" for c in self.passthrough
+                        if c != PATH)
+        what = (f"column {self.text_column!r} is" if reason[i] in (NULL_TEXT, NON_STRING)
+                else "row has")
+        raise DataError(f"{where}: row {ids or i}: {what} {reason[i].replace('_', ' ')} "
+                        "(score.on_bad_text: fail)")
+
+
+def quarantine_schema(id_fields: list[pa.Field]) -> pa.Schema:
+    """What `_quarantine/` holds per row: its ids, input file, line (CSV/TSV/JSONL; else null)
+    and reason."""
+    return pa.schema([*id_fields, pa.field("input_file", pa.string()),
+                      pa.field("input_line", pa.int64()), pa.field("reason", pa.string())])
+
+
+def quarantine_rows(batch: pa.Table, passthrough: list[str], input_file: str,
+                    schema: pa.Schema) -> pa.Table:
+    """Quarantined rows of a checked (and scored) batch as `quarantine_schema` rows."""
+    cols = {c: batch.column(c) for c in passthrough}
+    cols["input_file"] = pa.array([input_file] * len(batch), pa.string())
+    # The line went through numpy batches on the way: nulls may come back as NaN.
+    line = batch.column(LINE).to_numpy(zero_copy_only=False) if LINE in batch.column_names \
+        else np.full(len(batch), np.nan)
+    cols["input_line"] = pa.array(line, from_pandas=True).cast(pa.int64())
+    cols["reason"] = batch.column(REASON)
+    return pa.table(cols).cast(schema)
 
 
 def _as_text(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(string array with nulls where not a usable text, reason per row)."""
     n = len(col)
     reason = np.full(n, OK, dtype=object)
-    if pa.types.is_large_string(col.type):
-        col = col.cast(pa.string())
-    if pa.types.is_string(col.type):
-        try:
-            col.validate(full=True)
-        except pa.ArrowInvalid:  # invalid UTF-8 bytes in a string column: check row by row
-            col = col.cast(pa.binary())
-    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-        values = []
-        for i, v in enumerate(col.to_pylist()):
-            try:
-                values.append(None if v is None else v.decode("utf-8"))
-            except UnicodeDecodeError:
-                values.append(None)
-                reason[i] = INVALID_UTF8
-        col = pa.array(values, pa.string())
-    elif pa.types.is_null(col.type):
-        col = pa.nulls(n, pa.string())
-    elif not pa.types.is_string(col.type):
-        reason[:] = NON_STRING
-        col = pa.nulls(n, pa.string())
+    normalised = as_string(col)  # any string-like type is text: dictionary, string_view, binary
+    if normalised is None:
+        return pa.nulls(n, pa.string()), np.full(n, NON_STRING, dtype=object)
+    col, invalid = normalised
+    reason[invalid] = INVALID_UTF8
     nulls = col.is_null().to_numpy(zero_copy_only=False)
     reason[nulls & (reason == OK)] = NULL_TEXT
     return col, reason
+
+
+def _as_ids(batch: pa.Table, columns: list[str], reason: np.ndarray) -> dict[str, pa.Array]:
+    """String-like id columns as `string`; an id that is not UTF-8 quarantines its row."""
+    out = {}
+    for c in columns:
+        normalised = as_string(batch.column(c))
+        if normalised is None:  # numeric ids stay as they are
+            out[c] = batch.column(c)
+            continue
+        out[c], invalid = normalised
+        reason[invalid & np.isin(reason, SCORED)] = INVALID_UTF8
+    return out
 
 
 def _where(batch: pa.Table, row: int = 0) -> str:

@@ -22,6 +22,7 @@ from mlc_dist.config import JobConfig
 from mlc_dist.losses import prior_bias
 from mlc_dist.models import resolve_model_path
 from mlc_dist.models.outputs import OutputSchema
+from mlc_dist.train import resume
 from mlc_dist.train.state import TrainState
 from mlc_dist.train.worker import STATE_FILE, VAL_FILE, train_loop_per_worker
 
@@ -109,6 +110,9 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
     # The same rows reach the same worker in the same order on every run, so skipping
     # `batches_done` on resume continues the trajectory instead of reshuffling it.
     ingest["train"].preserve_order = True
+    # Every rank reads the whole validation set and keeps every world-th batch: only one order
+    # on all ranks makes that each row exactly once.
+    ingest["validation"].preserve_order = True
     t = job.train
     return TorchTrainer(
         train_loop_per_worker,
@@ -184,6 +188,7 @@ def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, final:
         "throughput_warmup_steps": job.train.throughput_warmup_steps,
         "num_workers": job.scaling.num_workers,
         "worker_nodes": state.worker_nodes,  # Ray node id of each rank
+        "engine": state.engine,  # the wrapper the workers trained with, and its ZeRO stage
         "data": {"train": prepared.train_stats.to_dict(),
                  "validation": prepared.validation_stats.to_dict(),
                  "labels": list(prepared.label_space.names)},
@@ -206,8 +211,10 @@ def fit(job: JobConfig) -> dict:
     inputs = prepare_inputs(job)
     prepared, out_dir = inputs.prepared, run_dir(job)
     started, started_at = time.perf_counter(), time.time()
+    resume.clear(out_dir)
     with progress.training(inputs.num_steps) as sink:
         result = build_trainer(job, inputs, sink).fit()
+    resume.raise_if_resume_failed(out_dir)
     timing = {"wall": time.perf_counter() - started, "started_at": started_at}
     state, export_dir, val = export_checkpoint(result.checkpoint, out_dir)
     thresholds = read_meta(export_dir).thresholds

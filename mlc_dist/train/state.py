@@ -7,8 +7,13 @@ and optimizer state are the engine's (strategy.py).
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
+import torch
 
 
 @dataclass
@@ -22,6 +27,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # loss/lr at log steps, val_* at evaluations
     resumed_from: list[int] = field(default_factory=list)  # steps this run restarted from
     worker_nodes: list[str] = field(default_factory=list)  # Ray node id per rank (latest attempt)
+    engine: dict = field(default_factory=dict)  # what wrapped the model (latest attempt)
     # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
     loop_start_time: float | None = None
     first_step_time: float | None = None
@@ -36,6 +42,42 @@ class TrainState:
         for f in dataclasses.fields(self):
             if f.name in state:
                 setattr(self, f.name, state[f.name])
+
+
+def rng_file(directory: str, rank: int) -> str:
+    return os.path.join(directory, f"rng_rank{rank}.pt")
+
+
+def save_rng(directory: str, rank: int) -> None:
+    """This rank's random number generator states (Python, numpy, torch CPU, every CUDA device),
+    next to its checkpoint, in types `torch.load(weights_only=True)` accepts."""
+    version, words, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    states = {"python": [version, list(words), gauss],
+              "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                        "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
+                        "gauss": np_state["gauss"]},
+              "torch_rng": torch.get_rng_state(),
+              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(states, rng_file(directory, rank))
+
+
+def read_rng(directory: str, rank: int) -> dict | None:
+    path = rng_file(directory, rank)
+    return torch.load(path, weights_only=True) if os.path.exists(path) else None
+
+
+def restore_rng(states: dict) -> None:
+    torch.set_rng_state(states["torch_rng"])
+    if "python" in states:  # checkpoints before these were saved hold torch's CPU state only
+        version, words, gauss = states["python"]
+        random.setstate((version, tuple(words), gauss))
+        n = states["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "has_gauss": n["has_gauss"],
+                             "gauss": n["gauss"], "state": {"key": n["key"].numpy().astype(
+                                 np.uint32), "pos": n["pos"]}})
+    if states.get("cuda"):
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class StepClock:

@@ -25,7 +25,9 @@ from mlc_dist.labels import LabelSpace
 from mlc_dist.losses import build_loss
 from mlc_dist.models import build_model, output_bias
 from mlc_dist.models.outputs import OutputSchema
-from mlc_dist.train.state import StepClock, TrainState
+from mlc_dist.train import resume
+from mlc_dist.train.state import (StepClock, TrainState, read_rng, restore_rng,
+                                  save_rng)
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -34,13 +36,15 @@ PROGRESS_INTERVAL_S = 1.0  # rank 0 sends the driver's progress display at most 
 
 
 class Collate(NumpyBatchCollateFn):
-    """Ragged token rows -> padded CPU tensors, padded to this batch's longest row."""
+    """Ragged token rows -> padded CPU tensors, padded to this batch's longest row on the
+    tokenizer's side (data.padding_of)."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        self.pad_token_id, self.padding_side = pad_token_id, padding_side
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        out = {k: torch.from_numpy(v) for k, v in data.pad_batch(batch, self.pad_token_id).items()}
+        out = {k: torch.from_numpy(v) for k, v in data.pad_batch(
+            batch, self.pad_token_id, self.padding_side).items()}
         # np.array copies: Ray hands out read-only views, which torch.from_numpy warns about.
         out["labels"] = torch.from_numpy(np.array(batch[data.LABELS], dtype=np.float32))
         return out
@@ -59,8 +63,9 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
              outputs: OutputSchema):
     """Probabilities and labels for the whole validation set, on every rank.
 
-    Every rank reads the full (unsplit) validation set and runs the model on every world-th batch,
-    so no row is dropped or counted twice, then the parts are gathered.
+    Every rank reads the full (unsplit) validation set in the same order (fit.py asks Ray Data to
+    preserve it) and runs the model on every world-th batch, so each row is evaluated exactly
+    once, then the parts are gathered.
     """
     engine.model.eval()
     probs, labels, filler, num_batches = [], [], None, 0
@@ -75,7 +80,7 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
         if i % world != rank:
             continue
         probs.append(outputs.probabilities(forward(batch).float()).cpu().numpy())
-        labels.append(batch["labels"].numpy())
+        labels.append(batch["labels"].cpu().numpy())  # on a GPU worker Ray moved it there
     # ZeRO-3 gathers parameters inside every forward (a collective): all ranks run as many.
     for _ in range(math.ceil(num_batches / world) - len(probs)):
         forward(filler)
@@ -144,7 +149,7 @@ class Worker:
         self.meta = ModelMeta(space, [0.5] * len(space), job.data.text_column,
                               job.data.text_pair_column, job.data.max_length, job.model.name,
                               job.model.kind, job.model.head, job.data.feature_columns)
-        self.collate = Collate(pad_token_id)
+        self.collate = Collate(*data.padding_of(self.tokenizer))
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("validation")
         self.progress = config.get("progress") if self.rank == 0 else None
@@ -154,19 +159,28 @@ class Worker:
         self._loss_sum, self._loss_count, self._sent_at = 0.0, 0, 0.0
 
     def resume(self) -> None:
-        """Load the latest checkpoint Ray hands this attempt, if any."""
+        """Load the latest checkpoint Ray hands this attempt (or an older one, when it does not
+        load), if any; raises NoCheckpointLoads when none does."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if not checkpoint:
             return
-        with checkpoint.as_directory() as directory:
+
+        def load(directory: str):
             self.engine.load(directory)
-            self.state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE),
-                                                  weights_only=True))
-            rng_file = os.path.join(directory, f"rng_rank{self.rank}.pt")
-            if os.path.exists(rng_file):
-                torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch_rng"])
+            return (torch.load(os.path.join(directory, STATE_FILE), weights_only=True),
+                    read_rng(directory, self.rank))
+
+        try:
+            state, rng = resume.load_first_that_loads(checkpoint, load)
+        except resume.NoCheckpointLoads as error:
+            if self.rank == 0:
+                resume.record_failure(checkpoint, error)
+            raise
+        self.state.load_state_dict(state)
+        if rng is not None:
+            restore_rng(rng)
         state = self.state
         state.resumed_from.append(state.global_step)
         if self.rank == 0:
@@ -174,9 +188,10 @@ class Worker:
                      state.epoch, state.batches_done)
 
     def record_placement(self) -> None:
-        """Which node each rank runs on (this attempt), for metrics.json."""
+        """Which node each rank runs on, what wraps the model (this attempt): metrics.json."""
         import ray
 
+        self.state.engine = self.engine.description
         node = ray.get_runtime_context().get_node_id()
         nodes = [node]
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -285,15 +300,18 @@ class Worker:
             if val_arrays:
                 np.savez_compressed(os.path.join(directory, VAL_FILE), **val_arrays)
         self.engine.save(directory, self.rank)
-        torch.save({"torch_rng": torch.get_rng_state()},
-                   os.path.join(directory, f"rng_rank{self.rank}.pt"))
+        save_rng(directory, self.rank)
         return directory
 
 
 def train_loop_per_worker(config: dict) -> None:
     logs.configure(config.get("verbosity", 0))
     w = Worker(config)
-    w.resume()
+    try:
+        w.resume()
+    except resume.NoCheckpointLoads as error:
+        log.error("%s", error)
+        return  # not an error for Ray: a restart would only fail the same way
     w.record_placement()
     state, tcfg = w.state, w.job.train
     clock = StepClock(state, tcfg.throughput_warmup_steps)

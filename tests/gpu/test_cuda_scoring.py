@@ -1,20 +1,56 @@
-"""On a CUDA machine: bf16 scoring agrees with fp32 and the model really runs on the GPU."""
+"""On a CUDA machine: scoring runs on the GPU, and bf16 scores agree with fp32 on scores that are
+spread out (a random tiny model's all lie within 0.5 +- 0.01, where any tolerance passes a
+constant)."""
 
 import numpy as np
+import torch
+from transformers import AutoTokenizer
 
-from mlc_dist.data import Tokenize
+from mlc_dist.artifacts import ModelMeta, save_export
+from mlc_dist.config import ModelConfig
+from mlc_dist.data import Tokenize, pad_batch, padding_of
 from mlc_dist.labels import LabelSpace
+from mlc_dist.models import build_model
+from mlc_dist.precision import native_bf16
 from mlc_dist.scoring import Scorer
-from ..conftest import export_tiny_model
+
+from ..conftest import build_tiny_bert
+from ..families import spread_outputs
+
+TEXTS = ["short", "a longer text here", "you are an idiot and a clown", "thanks for the references",
+         "please stop the vandalism on this talk page or you will be blocked", "good point",
+         "what a nice day", "the references on this page are wrong"] * 4
 
 
-def test_bf16_scores_match_fp32_on_gpu(tiny_bert, tmp_path):
+def test_bf16_scores_match_fp32_on_gpu(tmp_path):
+    # A wide init: rows' states differ enough that spreading the scores amplifies no rounding.
+    torch.manual_seed(0)
+    tiny_bert = build_tiny_bert(tmp_path / "bert", initializer_range=0.2)
     space = LabelSpace.from_names(["a", "b", "c"])
-    export_tiny_model(tmp_path, tiny_bert, space)
-    batch = Tokenize(str(tmp_path), 64, keep=[])({"text": np.array(["short", "a longer text here"] * 8)})
-    fp32 = Scorer(str(tmp_path), [], precision="fp32")
-    bf16 = Scorer(str(tmp_path), [], precision="bf16")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=tiny_bert), space)
+    batch = Tokenize(tiny_bert, 64, keep=[])({"text": np.array(TEXTS)})
+    spread_outputs(model, {k: torch.from_numpy(v) for k, v in
+                           pad_batch(dict(batch), *padding_of(tokenizer)).items()})
+    save_export(str(tmp_path / "model"), model, tokenizer,
+                ModelMeta(space, [0.5] * 3, "text", None, 64, tiny_bert))
+    fp32 = Scorer(str(tmp_path / "model"), [], precision="fp32")
+    bf16 = Scorer(str(tmp_path / "model"), [], precision="bf16")
+    auto = Scorer(str(tmp_path / "model"), [], precision="auto")
     assert fp32.device.type == "cuda" and next(fp32.model.parameters()).is_cuda
+    dtypes = lambda scorer: {p.dtype for p in scorer.model.parameters()}  # noqa: E731
+    assert dtypes(fp32) == {torch.float32} and dtypes(bf16) == {torch.bfloat16}
+    assert dtypes(auto) == {torch.bfloat16 if native_bf16(auto.device) else torch.float16}
     a, b = fp32(dict(batch)), bf16(dict(batch))
-    for col in ("score_a", "score_b", "score_c"):
-        np.testing.assert_allclose(a[col], b[col], atol=2e-2)
+    exact = np.stack([a[f"score_{n}"] for n in space.names], 1)
+    low = np.stack([b[f"score_{n}"] for n in space.names], 1)
+    # Spread out: the scores cover most of (0, 1) and differ from row to row.
+    assert exact.min() < 0.2 and exact.max() > 0.8 and exact.std() > 0.2, exact
+    # bf16 really ran (its 8-bit mantissa moves the scores) and stays close to fp32: 0.02 on
+    # average (0.1 at worst, where a logit of +-3 is steep) against a spread of 0.2 or more, so
+    # a constant, a shuffled row or a wrong position fails.
+    diff = np.abs(low - exact)
+    assert diff.max() > 0, "bf16 scores equal fp32's: bf16 did not run"
+    assert diff.mean() < 0.02 and diff.max() < 0.1, (diff.mean(), diff.max())
+    assert np.array_equal(b["pred_a"], (low[:, 0] >= 0.5).astype(np.int8))

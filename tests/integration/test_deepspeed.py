@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from mlc_dist import scoring, train
+from mlc_dist import data, metrics, scoring, train
 from mlc_dist.data import Tokenize
 
 from .helpers import demo_job
@@ -53,6 +53,44 @@ def runs(tmp_path_factory, tiny_bert, ray_cluster):
                          max_failures=1, env={"MLC_DIST_FAULT_STEP": str(FAULT),
                                               "MLC_DIST_FAULT_RANK": "1"})
     return out
+
+
+def _shard_files(job, stage: int) -> list[str]:
+    """The ZeRO files each rank wrote into the run's latest checkpoint."""
+    latest = sorted(d for d in os.listdir(job.run_dir) if d.startswith("checkpoint_2"))[-1]
+    return sorted(os.listdir(os.path.join(job.run_dir, latest, "deepspeed", "state")))
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_ran_the_zero_stage_asked_for(runs, stage):
+    job, summary = runs[f"zero{stage}"]
+    # What the workers trained with, as they saw it: not a DDP fallback, not another stage.
+    assert summary["engine"] == {"wrapper": "deepspeed.runtime.engine.DeepSpeedEngine",
+                                 "zero_stage": stage}
+    assert runs["ddp"][1]["engine"]["wrapper"] == \
+        "torch.nn.parallel.distributed.DistributedDataParallel"
+    # Partitioned optimizer state: one file per rank (stage 3: the parameters too).
+    files = _shard_files(job, stage)
+    for rank in (0, 1):
+        assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files, files
+        if stage == 3:
+            assert f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" in files, files
+    if stage < 3:
+        assert "mp_rank_00_model_states.pt" in files, files
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_scoring_the_validation_rows_with_the_export_reproduces_val_mean_auc(runs, stage):
+    job, summary = runs[f"zero{stage}"]
+    rows = data.prepare(job.data, job.train.seed).validation.take_all()
+    assert len(rows) == summary["data"]["validation"]["num_rows"]
+    texts = np.array([r[data.TEXT] for r in rows], dtype=object)
+    labels = np.array([r[data.LABELS] for r in rows], dtype=np.float32)
+    scored = scoring.Scorer(job.model_dir, passthrough=[])(
+        Tokenize(job.model_dir, job.data.max_length, keep=[])({"text": texts}))
+    probs = np.stack([scored[f"score_{name}"] for name in summary["data"]["labels"]], 1)
+    assert metrics.summary(labels, probs)["mean_auc"] == pytest.approx(
+        summary["val_mean_auc"], abs=1e-6)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

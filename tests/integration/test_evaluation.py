@@ -34,14 +34,15 @@ def test_k_folds_give_k_runs_and_an_aggregate(folds):
     assert sum(result["validation_rows"]) == 300
     assert all(abs(n - 150) <= 10 for n in result["validation_rows"])
     saved = json.load(open(os.path.join(job.run_dir, "cv_metrics.json")))
-    fold_aucs = [json.load(open(os.path.join(r, "metrics.json")))["validation"]["mean_auc"]
-                 for r in result["runs"]]
-    auc = saved["metrics"]["mean_auc"]
-    assert auc["folds"] == pytest.approx(fold_aucs)
-    assert auc["mean"] == pytest.approx(np.mean(fold_aucs))
-    assert auc["std"] == pytest.approx(np.std(fold_aucs))
-    for key in ("macro_f1", "macro_f1_tuned", "subset_accuracy_tuned", "hamming_loss_tuned"):
-        assert 0.0 <= saved["metrics"][key]["mean"] <= 1.0, key
+    fold_figures = [json.load(open(os.path.join(r, "metrics.json")))["validation"]
+                    for r in result["runs"]]
+    for key in ("mean_auc", "macro_f1", "macro_f1_tuned", "subset_accuracy_tuned",
+                "hamming_loss_tuned"):
+        values = [f[key] for f in fold_figures]
+        aggregate = saved["metrics"][key]
+        assert aggregate["folds"] == pytest.approx(values), key
+        assert aggregate["mean"] == pytest.approx(np.mean(values)), key
+        assert aggregate["std"] == pytest.approx(np.std(values)), key
 
 
 def test_training_tunes_exports_thresholds_and_writes_the_report(folds):
@@ -49,9 +50,12 @@ def test_training_tunes_exports_thresholds_and_writes_the_report(folds):
     run_dir = result["runs"][0]
     summary = json.load(open(os.path.join(run_dir, "metrics.json")))
     thresholds = read_meta(os.path.join(run_dir, "model")).thresholds
-    assert summary["thresholds"] == thresholds and len(thresholds) == len(JIGSAW_LABELS)
+    assert len(thresholds) == len(JIGSAW_LABELS)
     assert any(t != 0.5 for t in thresholds)
     val = summary["validation"]
+    # Every validation row evaluated exactly once (1 worker; test_pipeline checks 2).
+    assert [row["support"] for row in val["per_label"]] == \
+        summary["data"]["validation"]["positives"]
     # Tuned on these very rows, so per-label F1 at the tuned threshold is never below 0.5's.
     for row in val["per_label"]:
         if row["f1"] is not None:

@@ -84,3 +84,12 @@ def test_shipped_jobs_validate(monkeypatch):
     assert jobs
     for path in jobs:
         load_job(path)
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "a/b", "a\\b"])
+def test_run_name_stays_inside_output_dir(tmp_path, name):
+    path = write(tmp_path, BASE)
+    with pytest.raises(JobConfigError) as err:
+        load_job(path, [f"run.name={name!r}"])
+    assert str(path) in str(err.value) and "run.name" in str(err.value)
+    assert load_job(path, ["run.name=a.b-c_1"]).run.name == "a.b-c_1"

@@ -119,3 +119,35 @@ def test_detect_format_and_missing_files(tmp_path):
         data.expand_paths([str(tmp_path / "nope.csv")])
     with pytest.raises(data.DataError, match="no file matches"):
         data.expand_paths([str(tmp_path / "*.csv")])
+
+
+def test_training_reads_string_like_texts_and_names_a_row_that_is_not_utf8():
+    cfg = DataConfig(text_column="comment_text", id_columns=["id"], label_columns=JIGSAW)
+    space = LabelSpace.from_names(JIGSAW)
+    batch = jigsaw_batch(id=pa.array(["a1", "a2", "a3"]).dictionary_encode(),
+                         comment_text=pa.array(["you fool", None, "nice"]).cast(pa.string_view()))
+    out = data.Normalize(cfg, space)(batch)
+    assert out.column("text").to_pylist() == ["you fool", "", "nice"]
+    assert out.column("_key").to_pylist() == ["a1", "a2", "a3"]
+    binary = jigsaw_batch(comment_text=pa.array([b"ok", b"caf\xe9", b"fine"], pa.binary()))
+    with pytest.raises(data.DataError, match=r"train.csv: row with id='a2'.*'comment_text' is "
+                                             r"not valid UTF-8"):
+        data.Normalize(cfg, space)(binary)
+
+
+def test_every_file_in_a_folder_is_read_or_refused_by_name(tmp_path):
+    for name in ["b.pq", "a.csv", "_SUCCESS", ".a.csv.crc", "sub/c.tsv.gz", "_tmp/x.csv",
+                 ".hidden/y.csv"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = data.expand_paths(str(tmp_path))
+    assert files == [str(tmp_path / n) for n in ["a.csv", "b.pq", "sub/c.tsv.gz"]]
+    assert [data.file_format(f, "auto") for f in files] == ["csv", "parquet", "tsv"]
+    (tmp_path / "notes.md").write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"notes.md: unknown file type.*set data.format"):
+        [data.file_format(f, "auto") for f in data.expand_paths(str(tmp_path))]
+    assert data.file_format(str(tmp_path / "notes.md"), "tsv") == "tsv"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"empty: no input files"):
+        data.expand_paths(str(tmp_path / "empty"))

@@ -57,6 +57,9 @@ def test_encoder_output_does_not_depend_on_padding():
     mask = (padded_ids != 0).long()
     padded = model(input_ids=padded_ids, attention_mask=mask).logits
     assert torch.allclose(short, padded, atol=1e-5)
+    left_ids = torch.cat([torch.zeros(1, 9, dtype=torch.long), ids], dim=1)  # positions too
+    left = model(input_ids=left_ids, attention_mask=(left_ids != 0).long()).logits
+    assert torch.allclose(short, left, atol=1e-5)
 
 
 def test_multi_category_loss_is_the_mean_of_per_head_cross_entropies():

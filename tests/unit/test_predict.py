@@ -1,6 +1,10 @@
 """`predict` on exported tiny models: the head decides how logits become probabilities."""
 
 import numpy as np
+import pytest
+import torch
+
+from mlc_dist.artifacts import load_export
 
 from mlc_dist.labels import LabelSpace
 from mlc_dist.predict import predict_texts
@@ -26,4 +30,10 @@ def test_binary_labels_are_flagged_by_their_threshold(tiny_bert, tmp_path):
     model_dir = export_tiny_model(tmp_path / "m", tiny_bert, labels)
     (row,) = predict_texts(model_dir, ["you are awful"])
     assert {n for n, _, _ in row} == set(labels.names)
-    assert all(on == (p >= 0.5) and 0 < p < 1 for _, p, on in row)
+    assert all(on == (p >= 0.5) for _, p, on in row)
+    # The probabilities are the exported model's sigmoids for this text.
+    model, tokenizer, _ = load_export(model_dir)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(**tokenizer(["you are awful"], return_tensors="pt")).logits)
+    assert dict((n, p) for n, p, _ in row) == pytest.approx(
+        dict(zip(labels.names, expected[0].tolist())), abs=1e-6)

@@ -62,3 +62,40 @@ def test_scores_do_not_depend_on_batch_composition(exported, batch_size):
     skipped = reasons != ""
     assert np.isnan(got[skipped]).all() and (out["pred_a"][skipped] == 0).all()
     np.testing.assert_allclose(got[~skipped], ref[~skipped], atol=1e-5, rtol=0)
+
+
+STRING_LIKE = {"dictionary": lambda a: a.dictionary_encode(), "string_view": pa.string_view(),
+               "large_string": pa.large_string(), "binary": pa.binary(),
+               "large_binary": pa.large_binary()}
+
+
+@pytest.mark.parametrize("kind", list(STRING_LIKE))
+def test_string_like_texts_and_ids_are_normalised_before_the_check(kind):
+    # A pandas categorical becomes dictionary<string> in Parquet: text, not "non_string_text".
+    convert = STRING_LIKE[kind]
+    as_kind = (lambda values: convert(pa.array(values))) if callable(convert) else \
+        (lambda values: pa.array(values).cast(convert))
+    batch = pa.table({"id": as_kind(["a", "b", "c", "d"]),
+                      "text": as_kind(["fine", None, "x" * 25, "ok"])})
+    out = check(batch)
+    assert out.column("_reason").to_pylist() == ["", "null_text", "truncated", ""]
+    assert out.column("text").to_pylist() == ["fine", "", "x" * 10, "ok"]
+    assert out.column("id").type == pa.string()
+    assert out.column("id").to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_rows_the_reader_could_not_read_are_quarantined_with_file_and_line():
+    from mlc_dist.scoring.textcheck import quarantine_rows, quarantine_schema
+
+    batch = pa.table({"id": ["a", None, "c"], "text": ["fine", None, None],
+                      "_line": pa.array([2, 3, 5], pa.int64()),
+                      "_read_error": ["", "wrong_field_count", ""]})
+    out = check(batch)
+    assert out.column("_reason").to_pylist() == ["", "wrong_field_count", "null_text"]
+    assert out.column("_line").to_pylist() == [2, 3, 5]
+    bad = out.filter(pa.array([False, True, True]))
+    q = quarantine_rows(bad, ["id"], "/in/drop.csv", quarantine_schema([pa.field("id", pa.string())]))
+    assert q.to_pydict() == {"id": [None, "c"], "input_file": ["/in/drop.csv"] * 2,
+                             "input_line": [3, 5], "reason": ["wrong_field_count", "null_text"]}
+    with pytest.raises(data.DataError, match=r"line 3: row id=None: row has wrong field count"):
+        check(batch, on_bad_text="fail")
