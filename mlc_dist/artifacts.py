@@ -84,18 +84,35 @@ def read_meta(directory: str) -> ModelMeta:
     return ModelMeta.from_dict(storage.read_json(path))
 
 
-def load_export(directory: str, trust_remote_code: bool = False):
+class ExportChanged(RuntimeError):
+    """The export a scorer loaded is not the one the job identified (replaced meanwhile)."""
+
+
+def verify_export(directory: str, expected_digest: str | None) -> str:
+    """The export's local folder (its link resolved once), refused if it is not the export with
+    `expected_digest` (storage.export_digest); None checks nothing."""
+    directory = os.path.realpath(storage.local_copy(directory))
+    if expected_digest is not None and storage.export_digest(directory) != expected_digest:
+        raise ExportChanged(f"{directory}: the export differs from the one this job identified "
+                            "(replaced during the run?); nothing was scored with it")
+    return directory
+
+
+def load_export(directory: str, trust_remote_code: bool = False,
+                expected_digest: str | None = None):
     """(model in eval mode, tokenizer or None, meta) from an exported folder; safetensors.
 
-    An object-store export is read from this machine's content-keyed copy (storage.local_copy).
-    Importing mlc_dist.models registers our own model classes with the Auto* classes.
+    An object-store export is read from this machine's content-keyed copy (storage.local_copy); a
+    local one through its link resolved once (storage.publish_dir swaps versions). With
+    `expected_digest` (storage.export_digest), a different export is refused. Importing
+    mlc_dist.models registers our own model classes with the Auto* classes.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import mlc_dist.models  # noqa: F401
 
-    directory = storage.local_copy(directory)
+    directory = verify_export(directory, expected_digest)
     meta = read_meta(directory)
     model = AutoModelForSequenceClassification.from_pretrained(
         directory, trust_remote_code=trust_remote_code, use_safetensors=True,

@@ -90,13 +90,16 @@ def score(job: JobArg, set_: SetOpt = None,
               help="Partition substituted for {date} in score.input/output: YYYY-MM-DD, or "
                    "yesterday / today (UTC dates when the job runs, for schedulers)")] = None,
           overwrite: Annotated[bool, typer.Option(
-              help="Delete the output and start over (default: resume, skipping committed parts)"
+              help="Delete the output and start over, under the output's lease (default: resume, "
+                   "keeping committed parts whose input and model are unchanged)"
           )] = False):
     """Score Parquet/CSV/JSONL with an exported model; one committed Parquet part per input file.
 
     Input and output come from the job (score.input, score.output), or `--set score.input=...`.
-    Exit codes: 0 done (or already complete), 1 unexpected failure, 2 user/config/data error,
-    3 audit failed (rows unaccounted for, scores out of range, committed part changed).
+    Exit codes: 0 done (or already complete), 1 unexpected failure, 2 user/config/data error
+    (also: another run holds the output's lease, an input changed during the run, parts scored
+    by another model id), 3 audit failed (rows or ids unaccounted for, scores out of range,
+    committed part changed) or more rows quarantined than score.max_quarantine_fraction.
     """
     from mlc_dist.config import load_job
     from mlc_dist.scoring import run

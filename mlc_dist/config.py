@@ -196,6 +196,10 @@ class ScoreConfig(_Section):
     # gated on parity_sample: a file with the model's input columns, and labels if it has them).
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     parity_sample: str | None = None
+    # Quality gate: more quarantined rows than this fraction of rows in fails the run (exit 3).
+    max_quarantine_fraction: float = Field(0.1, ge=0, le=1)
+    # One writer per output: a lease without a heartbeat for this long may be taken over.
+    lease_timeout_s: float = Field(300.0, gt=0)
 
 
 class EvaluateConfig(_Section):

@@ -127,6 +127,54 @@ def content_listing(folder: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_digest(folder: str) -> str:
+    """sha256 of a local folder's CONTENT_FILE text as computed now: every file, by content."""
+    return hashlib.sha256(content_listing(folder).encode()).hexdigest()
+
+
+def publish_dir(local: str, dest: str) -> None:
+    """Replace the folder `dest` with a copy of `local` without a reader ever loading a mix.
+
+    Local: the copy goes beside, as `<dest>.<digest>`, and `dest` becomes a symlink to it,
+    swapped by one rename (readers resolve the link once: artifacts.load_export); the previous
+    version stays (a scorer may still be reading it), older ones are removed. Object stores have no
+    rename: the files go over the old ones, CONTENT_FILE last, then files it does not list are
+    deleted; readers check every file against CONTENT_FILE (local_copy) and refuse a mix.
+    """
+    if is_uri(dest):
+        fs, inner = filesystem(dest)
+        inner = inner.rstrip("/")
+        old = set(list_files(dest)) if exists(dest) else set()
+        new = list_files(local)
+        for rel in sorted(new, key=lambda r: r == CONTENT_FILE):  # the listing last
+            fs.create_dir(os.path.dirname(f"{inner}/{rel}"))
+            pafs.copy_files(os.path.join(local, rel), f"{inner}/{rel}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        for rel in sorted(old - set(new)):
+            fs.delete_file(f"{inner}/{rel}")
+        return
+    dest = os.path.abspath(dest).rstrip("/")
+    version = f"{dest}.{export_digest(local)[:16]}"
+    if not os.path.isdir(version):
+        tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(dest)}.tmp-", dir=os.path.dirname(dest))
+        shutil.copytree(local, tmp, dirs_exist_ok=True)
+        os.rename(tmp, version)
+    previous = os.path.realpath(dest) if os.path.islink(dest) else None
+    if os.path.isdir(dest) and not os.path.islink(dest):  # an export from before versioning
+        previous = f"{dest}.legacy-{uuid.uuid4().hex[:8]}"
+        os.rename(dest, previous)
+    link = f"{dest}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(os.path.basename(version), link)
+    os.replace(link, dest)  # atomic: readers see the old version or the new one
+    keep = {version, previous}
+    parent, base = os.path.dirname(dest), os.path.basename(dest)
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if name.startswith(f"{base}.") and os.path.isdir(path) and not os.path.islink(path) \
+                and path not in keep and ".tmp-" not in name:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def cache_root() -> str:
     return os.environ.get("MLC_DIST_CACHE", os.path.join(tempfile.gettempdir(), "mlc-dist-cache"))
 

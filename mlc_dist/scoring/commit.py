@@ -5,11 +5,15 @@ Output layout under `score.output`:
     part-<input stem>.parquet               ids + score_/pred_ columns, one per input file
     _quarantine/part-<input stem>.parquet   ids + `reason`, rows that were not scored
     _manifest/part-<input stem>.json        the commit record of a part (written last)
-    _manifest.json                          all records and totals; then `_SUCCESS`, last of all
+    _manifest.json                          the parts of the output: the only truth for readers
+    _SUCCESS                                the sha256 of `_manifest.json`, written last of all
+    _lease.json                             the one run writing (lease.py)
+    _tmp/<run id>/                          that run's parts in progress
 
-A part is written under `_tmp/` and renamed into place, then its record is written: a crash
-leaves either no part or a whole one, and a rerun skips the parts that have a record. Owns the
-output only; what is scored and in which order is nightly.py's.
+A part is written under its run's `_tmp/`, checked (rows and ids in = out + quarantined, input
+unchanged, lease still held), moved into place, then its record is written: a crash leaves either
+no part or a whole one, and a rerun skips the parts whose record matches the input and model.
+Owns the output only; what is scored and in which order is nightly.py's, reading manifest.py's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +33,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mlc_dist import data, storage
-from mlc_dist.artifacts import META_FILE
-from mlc_dist.config import JobConfigError
+from mlc_dist.scoring import faults
+from mlc_dist.scoring.fingerprint import IdSet, file_identity, id_digests, same_file
 from mlc_dist.scoring.textcheck import (REASON, SCORED, TRUNCATED, quarantine_rows,
                                         quarantine_schema)
 
@@ -44,14 +48,8 @@ class AuditError(RuntimeError):
     """The output does not account for the input (rows lost or scores out of range)."""
 
 
-def model_id(model_dir: str) -> str:
-    """Hash of the weights and the metadata: which model wrote a part."""
-    digest = hashlib.sha256()
-    for name in ("model.safetensors", META_FILE):
-        with open(os.path.join(model_dir, name), "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+class InputChanged(data.DataError):
+    """An input file changed between being counted and its part's commit (exit 2)."""
 
 
 def part_name(path: str) -> str:
@@ -61,41 +59,46 @@ def part_name(path: str) -> str:
     return "part-" + re.sub(r"[^A-Za-z0-9._=-]", "_", name)
 
 
-def is_complete(output: str) -> bool:
-    """True only when the job wrote `_SUCCESS` (last): never trust a folder without it."""
-    fs, root = storage.filesystem(output)
-    return fs.get_file_info(f"{root}/{SUCCESS}").type == pafs.FileType.File
-
-
-def read_scores(output: str) -> pa.Table:
-    """The scores of a complete output; raises for an unfinished one."""
-    if not is_complete(output):
-        raise data.DataError(f"{output}: no {SUCCESS} marker; the scoring job has not finished")
-    return pq.read_table(output)
-
-
 class Output:
-    """The output folder on its filesystem (local or object store)."""
+    """The output folder on its filesystem (local or object store), written by one run (`run_id`,
+    whose temp files live in `_tmp/<run_id>/`)."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, run_id: str = "reader"):
+        self.uri = output
         self.fs, self.root = storage.filesystem(output)
         self.root = self.root.rstrip("/")
+        self.run_id = run_id
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def tmp(self, name: str) -> str:
+        return self.path(TMP, self.run_id, f"{uuid.uuid4().hex[:8]}-{name}")
+
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
-    def read_json(self, *parts: str) -> dict:
+    def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as f:
-            return json.loads(f.read())
+            return f.read()
+
+    def read_json(self, *parts: str) -> dict:
+        return json.loads(self.read_bytes(*parts))
 
     def write_atomic(self, content: bytes, *parts: str) -> None:
-        tmp = self.path(TMP, uuid.uuid4().hex)
+        tmp = self.tmp(parts[-1])
         with self.fs.open_output_stream(tmp) as f:
             f.write(content)
         self.fs.move(tmp, self.path(*parts))
+
+    def delete(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.delete_file(self.path(*parts))
+
+    def listing(self, *parts: str) -> list[str]:
+        """Names of the files directly in a folder of the output (none when it is absent)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
 
     def sha256(self, path: str) -> str:
         digest = hashlib.sha256()
@@ -105,44 +108,48 @@ class Output:
         return digest.hexdigest()
 
 
-def verify_record(out: Output, record: dict, mid: str, output: str) -> dict:
-    if record["model_id"] != mid:
-        raise JobConfigError(f"{output}: {record['part']} was scored with model {record['model_id']}"
-                             f", score.model is {mid}; rerun with --overwrite to start over")
+def verify_record(out: Output, record: dict) -> dict:
+    """A committed part's files still match its record (else exit 3: changed after the run)."""
     for key, rel in (("checksum", f"{record['part']}.parquet"),
                      ("quarantine_checksum", f"{QUARANTINE}/{record['part']}.parquet")):
-        if record.get(key) and out.sha256(out.path(rel)) != record[key]:
-            raise AuditError(f"{out.path(rel)}: checksum differs from its manifest record; the "
-                             "committed output was changed after the run (rerun with --overwrite)")
+        if record.get(key) and (not out.exists(rel) or out.sha256(out.path(rel)) != record[key]):
+            raise AuditError(f"{out.path(rel)}: missing or checksum differs from its manifest "
+                             "record; the committed output was changed after the run (rerun "
+                             "with --overwrite)")
     return record
 
 
 @dataclass
 class InputFile:
-    """One input file: its part name, schema, passthrough columns and independent row count."""
+    """One input file: its part name, schema, passthrough columns, independent row count, its
+    identity (size, mtime, digest) taken before counting, and the fingerprint of its ids."""
 
     path: str
     name: str
     schema: pa.Schema
     passthrough: list[str]
     rows_in: int
+    identity: dict
+    ids_in: dict = field(default_factory=dict)
 
 
 class Part:
-    """One input file's output in progress: written under _tmp/, committed by renames."""
+    """One input file's output in progress: written under the run's _tmp/, committed by moves.
 
-    def __init__(self, item: InputFile, out: Output, sample: dict, has_ids: bool):
-        self.input, self.out, self.has_ids = item, out, has_ids
+    `check` (the run's lease check) runs before anything becomes visible.
+    """
+
+    def __init__(self, item: InputFile, out: Output, sample: dict, has_ids: bool, check=None):
+        self.input, self.out, self.has_ids, self.check = item, out, has_ids, check
         ids = pa.schema([item.schema.field(c) for c in item.passthrough])
         self.schema = pa.schema([*ids, *[pa.field(c, pa.from_numpy_dtype(v.dtype))
                                          for c, v in sample.items()]])
         self.q_schema = quarantine_schema(list(ids))
         self.score_cols = [c for c in sample if c.startswith("score_")]
-        self.tmp = out.path(TMP, f"{uuid.uuid4().hex}-{item.name}")
-        self.q_tmp = out.path(TMP, f"q-{uuid.uuid4().hex}-{item.name}")
+        self.tmp, self.q_tmp = out.tmp(item.name), out.tmp(f"q-{item.name}")
         self.writer = self.q_writer = None  # opened on the first rows: few files open at once
         self.counts = {"rows_out": 0, "rows_quarantined": 0, "rows_truncated": 0}
-        self.hashes: list[np.ndarray] = []
+        self.ids_out = IdSet()
         self.committed = False
 
     @property
@@ -166,16 +173,27 @@ class Part:
         self.counts["rows_quarantined"] += int((~ok).sum())
         self.counts["rows_truncated"] += int((reason == TRUNCATED).sum())
         if passthrough and self.has_ids:
-            keys = zip(*(batch.column(c).to_pylist() for c in passthrough))
-            self.hashes.append(np.fromiter((hash(k) for k in keys), np.int64, count=len(batch)))
+            self.ids_out.add(id_digests(batch, passthrough))
         if self.counts["rows_out"] + self.counts["rows_quarantined"] > self.input.rows_in:
             self.audit_rows()
 
     def audit_rows(self) -> None:
         c, path = self.counts, self.input.path
         if c["rows_out"] + c["rows_quarantined"] != self.input.rows_in:
+            self._check_input()  # a file rewritten while it streams: exit 2, not an audit failure
             raise AuditError(f"{path}: {self.input.rows_in} rows in but {c['rows_out']} scored + "
                              f"{c['rows_quarantined']} quarantined; nothing was committed")
+
+    def audit_ids(self) -> dict:
+        """The ids out (scored + quarantined) are the ids in, as a multiset."""
+        ids_out = self.ids_out.summary() if self.has_ids and self.input.passthrough else {}
+        if ids_out and self.input.ids_in and \
+                ids_out["ids_fingerprint"] != self.input.ids_in["ids_fingerprint"]:
+            self._check_input()
+            raise AuditError(f"{self.input.path}: the ids scored + quarantined are not the ids "
+                             f"read (fingerprint {ids_out['ids_fingerprint']} vs "
+                             f"{self.input.ids_in['ids_fingerprint']}); nothing was committed")
+        return ids_out
 
     def _writer(self) -> pq.ParquetWriter:
         if self.writer is None:
@@ -189,28 +207,45 @@ class Part:
 
     def commit(self, mid: str) -> dict:
         self.audit_rows()
+        ids_out = self.audit_ids()
         self._writer()  # a part with no scored rows is still a file, with the schema
         self.close()
+        faults.point("temp_written")
+        self._check_input()
         out, name = self.out, self.input.name
-        all_hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.int64)
-        record = {"part": name, "input": self.input.path, "rows_in": self.input.rows_in,
-                  **self.counts,
-                  "duplicate_ids": int(len(all_hashes) - len(np.unique(all_hashes))),
+        record = {"part": name, "input": self.input.path, "input_identity": self.input.identity,
+                  "rows_in": self.input.rows_in, **self.counts,
+                  "duplicate_ids": ids_out.get("duplicate_ids", 0),
+                  "ids_fingerprint": ids_out.get("ids_fingerprint"),
                   "model_id": mid, "checksum": out.sha256(self.tmp),
                   "quarantine_checksum": out.sha256(self.q_tmp) if self.q_writer else None,
+                  "run_id": out.run_id,
                   "committed_at": dt.datetime.now(dt.timezone.utc).isoformat()}
         if record["duplicate_ids"]:
             log.warning("%s: %d duplicate ids", self.input.path, record["duplicate_ids"])
-        if self.q_writer is None and out.exists(QUARANTINE, f"{name}.parquet"):
-            out.fs.delete_file(out.path(QUARANTINE, f"{name}.parquet"))  # a killed attempt's
-        if self.q_writer is not None:
+        if self.check is not None:
+            self.check()
+        if self.q_writer is None:
+            out.delete(QUARANTINE, f"{name}.parquet")  # a killed attempt's
+        else:
             out.fs.move(self.q_tmp, out.path(QUARANTINE, f"{name}.parquet"))
+        faults.point("quarantine_moved")
         out.fs.move(self.tmp, out.path(f"{name}.parquet"))
+        faults.point("part_visible")
         out.write_atomic(json.dumps(record, indent=2).encode(), RECORDS, f"{name}.json")
+        faults.point("record_written")
         log.debug("%s: committed %d rows (%d quarantined)", name, self.counts["rows_out"],
-                 self.counts["rows_quarantined"])
+                  self.counts["rows_quarantined"])
         self.committed = True
         return record
+
+    def _check_input(self) -> None:
+        now = file_identity(self.input.path)
+        if not same_file(self.input.identity, now):
+            raise InputChanged(f"{self.input.path}: the input changed while it was scored "
+                               f"(size {self.input.identity['size']} -> {now['size']}, sha256 "
+                               f"{self.input.identity['sha256'][:12]} -> {now['sha256'][:12]}); "
+                               "nothing of it was committed, rerun when the drop is complete")
 
 
 def _audit_scores(table: pa.Table, score_cols: list[str], path: str) -> None:

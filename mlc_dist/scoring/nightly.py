@@ -1,5 +1,6 @@
-"""Rerunnable bulk scoring: `run(job)` scores `score.input` into `score.output`, one committed
-part per input file (commit.py), then the manifest and `_SUCCESS`.
+"""Rerunnable bulk scoring: `run(job)` scores `score.input` into `score.output` under the output's
+lease (lease.py), one committed part per input file (commit.py), then the manifest, the quarantine
+gate and `_SUCCESS` (manifest.py). A rerun keeps the parts whose input and model are unchanged.
 
 Any `{date}` in the paths is the `--date` partition: YYYY-MM-DD, or `yesterday` / `today` in UTC,
 resolved when the job runs. Consecutive pending files with one schema stream through one dataset,
@@ -10,7 +11,6 @@ soon as its rows out plus quarantined reach its rows in, counted beforehand.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -18,12 +18,17 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
 from mlc_dist.config import JobConfig, JobConfigError
-from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, RECORDS, SUCCESS, TMP, AuditError,
-                                     InputFile, Output, Part, model_id, part_name, verify_record)
+from mlc_dist.scoring import manifest
+from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, SUCCESS, AuditError, InputFile, Output,
+                                     Part, part_name)
+from mlc_dist.scoring.fingerprint import (IdSet, file_identity, id_digests, model_id,
+                                          scoring_settings)
+from mlc_dist.scoring.lease import Lease
 from mlc_dist.scoring.pipeline import passthrough_columns, scored_dataset
 
 log = logging.getLogger(__name__)
@@ -80,20 +85,12 @@ def _part_names(files: list[str]) -> list[str]:
     return names
 
 
-def _open_output(output: str, overwrite: bool) -> Output:
-    out = Output(output)
-    if overwrite and out.exists():
-        out.fs.delete_dir(out.root)
-    for sub in (RECORDS, QUARANTINE, TMP):
-        out.fs.create_dir(out.path(sub))
-    out.fs.delete_dir_contents(out.path(TMP))  # leftovers of a killed run: never committed
-    return out
+class QuarantineGateFailed(AuditError):
+    """More rows quarantined than score.max_quarantine_fraction allows (exit 3, no _SUCCESS)."""
 
 
 def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dict:
-    """Score `score.input` into `score.output`; returns the run's figures."""
-    from mlc_dist.runtime import init_ray
-
+    """Score `score.input` into `score.output` under the output's lease; returns the figures."""
     if date is not None:
         # Once: input, output and the manifest then name one day even across midnight.
         date = resolve_date(date)
@@ -104,44 +101,94 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     files = input_files(inputs, job.data.format)
     names = _part_names(files)
     model_dir = job.score_model  # the actors load it themselves (storage.local_copy per node)
+    if not storage.is_uri(model_dir):
+        model_dir = os.path.realpath(model_dir)  # one version of a swapped export (publish_dir)
     local_model = storage.local_copy(model_dir)
-    meta, mid = read_meta(local_model), model_id(local_model)
-    out = _open_output(output, overwrite)
-    done = {name: verify_record(out, out.read_json(RECORDS, f"{name}.json"), mid, output)
-            for name in names if out.exists(RECORDS, f"{name}.json")}
-    if out.exists(SUCCESS) and len(done) < len(names):
-        raise JobConfigError(f"{output}: complete for other inputs; rerun with --overwrite")
+    digest = storage.export_digest(local_model)
+    meta = read_meta(local_model)
+    mid = model_id(local_model, scoring_settings(job.score), digest)
+    lease = Lease(output, job.score.lease_timeout_s).acquire()
+    try:
+        summary = _run_locked(job, date, files, names, (model_dir, meta, mid, digest),
+                              Output(output, lease.run_id), overwrite, lease)
+    except Exception:
+        lease.release()
+        raise
+    except BaseException:  # a kill (faults.Crash in tests): the lease stays, as it would
+        lease.stop_heartbeat()
+        raise
+    lease.release()
+    return summary
+
+
+def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrite: bool,
+                lease: Lease) -> dict:
+    from mlc_dist.runtime import init_ray
+
+    model_dir, meta, mid, digest = model
+    if overwrite:
+        manifest.clear(out)
+    manifest.prepare(out)
+    # Identities before counting: a change after this point fails the part's commit.
+    identities = {name: file_identity(path) for path, name in zip(files, names)}
+    plan = manifest.reconcile(out, names, identities, mid)
+    done = plan["done"]
     for name in done:
-        log.info("%s: committed by an earlier run, skipped", name)
+        log.info("%s: committed by an earlier run for the same input and model, skipped", name)
     pending = [(path, name) for path, name in zip(files, names) if name not in done]
     started = time.perf_counter()
-    if pending:
-        init_ray(min_cpus=job.score.num_actors * job.scaling.cpus_per_worker)
-    records = {**done, **_score_pending(job, pending, model_dir, meta, mid, out)}
-    records = [records[name] for name in names]
+    unchanged = not pending and not plan["removed"] and not plan["strays"]  # changed: pending
+    if unchanged and manifest.is_complete(out.uri):
+        committed = {}
+    else:
+        manifest.unpublish(out)
+        if pending:
+            init_ray(min_cpus=job.score.num_actors * job.scaling.cpus_per_worker)
+        committed = _score_pending(job, pending, identities, (model_dir, meta, mid, digest), out,
+                                   lease.check)
+    records = [{**done, **committed}[name] for name in names]
     elapsed = time.perf_counter() - started
     totals = {k: sum(r[k] for r in records) for k in
               ("rows_in", "rows_out", "rows_quarantined", "rows_truncated", "duplicate_ids")}
-    manifest = {"model_id": mid, "model": model_dir, "output": output, "date": date,
-                "parts": records, **totals}
-    out.write_atomic(json.dumps(manifest, indent=2).encode(), MANIFEST)
-    out.write_atomic(b"", SUCCESS)
-    new_rows = sum(r["rows_in"] for r in records if r["part"] not in done)
-    return {"rows": totals["rows_out"], **totals, "parts_committed": len(records) - len(done),
-            "parts_skipped": len(done), "seconds": elapsed,
-            "rows_per_s": new_rows / max(elapsed, 1e-9), "output": output, "model": model_dir,
-            "model_id": mid}
+    if committed or not unchanged or not manifest.is_complete(out.uri):
+        _publish(job, out, lease, {"model_id": mid, "model": model_dir, "output": out.uri,
+                                   "date": date, "run_id": out.run_id, "parts": records,
+                                   **totals})
+    manifest.finish(out)
+    new_rows = sum(r["rows_in"] for r in committed.values())
+    return {"rows": totals["rows_out"], **totals, "parts_committed": len(committed),
+            "parts_skipped": len(done), "parts_removed": len(plan["removed"]),
+            "parts_rescored": len(plan["changed"]),
+            "strays_removed": len(plan["strays"]), "seconds": elapsed,
+            "rows_per_s": new_rows / max(elapsed, 1e-9), "output": out.uri, "model": model_dir,
+            "model_id": mid, "run_id": out.run_id}
 
 
-def _score_pending(job: JobConfig, pending: list[tuple[str, str]], model_dir: str,
-                   meta: ModelMeta, mid: str, out: Output) -> dict[str, dict]:
+def _publish(job: JobConfig, out: Output, lease: Lease, content: dict) -> None:
+    """The manifest, the quarantine gate, then `_SUCCESS` naming the manifest."""
+    lease.check()
+    sha = manifest.write_manifest(out, content)
+    limit = job.score.max_quarantine_fraction
+    fraction = content["rows_quarantined"] / max(content["rows_in"], 1)
+    if fraction > limit:
+        raise QuarantineGateFailed(
+            f"{out.uri}: {content['rows_quarantined']} of {content['rows_in']} rows quarantined "
+            f"({fraction:.1%}), over score.max_quarantine_fraction {limit}; no {SUCCESS} written "
+            f"(reasons in {QUARANTINE}/, counts per part in {MANIFEST})")
+    lease.check()
+    manifest.write_success(out, sha)
+
+
+def _score_pending(job: JobConfig, pending: list[tuple[str, str]], identities: dict,
+                   model: tuple, out: Output, check) -> dict[str, dict]:
     """Score and commit every pending file; {part name: its record}."""
-    groups = list(_schema_groups(job, meta, pending))
+    meta = model[1]
+    groups = list(_schema_groups(job, meta, pending, identities))
     total_rows = sum(f.rows_in for group in groups for f in group)
     records, fault_after = {}, int(os.environ.get(FAULT_ENV, "0") or 0)
     with progress.scoring(total_rows, len(pending)) as display:
         for group in groups:
-            for record in _score_group(job, group, model_dir, meta, mid, out, display):
+            for record in _score_group(job, group, model, out, display, check):
                 records[record["part"]] = record
                 display.part_committed(record["part"], record["rows_out"],
                                        record["rows_quarantined"])
@@ -150,7 +197,8 @@ def _score_pending(job: JobConfig, pending: list[tuple[str, str]], model_dir: st
     return records
 
 
-def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str]]):
+def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str]],
+                   identities: dict):
     """Runs of consecutive pending files with one schema: each run is scored by one dataset
     (one actor pool, started once), so a drop of many files pays the actors' start once."""
     cfg = _data_config(job, meta)
@@ -167,7 +215,8 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
         if missing:
             raise data.DataError(f"{path}: missing column(s) {missing}; columns are "
                                  f"{schema.names}")
-        item = InputFile(path, name, schema, passthrough, raw.count())
+        rows_in, ids_in = _count(path, cfg, raw, passthrough if job.data.id_columns else [])
+        item = InputFile(path, name, schema, passthrough, rows_in, identities[name], ids_in)
         # An empty file streams nothing, so its schema (often all-null types) splits no run.
         ref = next((g.schema for g in group if g.rows_in), None)
         if item.rows_in and ref is not None and not schema.equals(ref):
@@ -176,6 +225,25 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
         group.append(item)
     if group:
         yield group
+
+
+def _count(path: str, cfg, raw, id_columns: list[str]) -> tuple[int, dict]:
+    """Rows of one input file, and the fingerprint of its ids when the job declares them.
+    Parquet is read here (id columns only: no Ray tasks); other formats through Ray Data's
+    reader, which is what the scoring stream sees."""
+    if not id_columns:
+        return raw.count(), {}
+    ids = IdSet()
+    if data.detect_format([path], cfg.format) == "parquet":
+        fs, inner = storage.filesystem(path)
+        batches = [pq.read_table(inner, columns=id_columns, filesystem=fs)]
+    else:
+        batches = raw.select_columns(id_columns).iter_batches(batch_size=None,
+                                                              batch_format="pyarrow")
+    for batch in batches:
+        ids.add(id_digests(batch, id_columns))
+    summary = ids.summary()
+    return summary["ids"], summary
 
 
 def _data_config(job: JobConfig, meta: ModelMeta):
@@ -190,16 +258,18 @@ def _path_key(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _score_group(job: JobConfig, group: list[InputFile], model_dir: str, meta: ModelMeta,
-                 mid: str, out: Output, display):
+def _score_group(job: JobConfig, group: list[InputFile], model: tuple, out: Output, display,
+                 check):
     """Score files of one schema in one streaming dataset; yield each part's record right after
     its commit. A part commits when its rows out + quarantined reach its rows in."""
+    model_dir, meta, mid, digest = model
     cfg = _data_config(job, meta)
     streamed = [f for f in group if f.rows_in]
     # The output columns are whatever the model's head writes (binary or per-category).
     sample = meta.outputs.columns(np.zeros((1, meta.outputs.num_outputs), np.float32),
                                   meta.thresholds)
-    parts = {_path_key(f.path): Part(f, out, sample, bool(job.data.id_columns)) for f in group}
+    parts = {_path_key(f.path): Part(f, out, sample, bool(job.data.id_columns), check)
+             for f in group}
     for part in list(parts.values()):
         if part.input.rows_in == 0:  # nothing will stream for it
             yield part.commit(mid)
@@ -207,7 +277,8 @@ def _score_group(job: JobConfig, group: list[InputFile], model_dir: str, meta: M
         return
     paths = [f.path for f in streamed]
     raw = data.read_table(paths, cfg, [cfg.text_column, *cfg.id_columns])
-    ds = scored_dataset(job, paths, model_dir, meta, raw, [*streamed[0].passthrough, data.PATH])
+    ds = scored_dataset(job, paths, model_dir, meta, raw, [*streamed[0].passthrough, data.PATH],
+                        export_digest=digest)
     ds.context.execution_options.preserve_order = True  # parts complete, and commit, in order
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -57,17 +57,21 @@ class Scorer:
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
-                 num_threads: int | None = None, batch_size: int = 64, backend: str = "torch"):
-        from mlc_dist.artifacts import load_export
+                 num_threads: int | None = None, batch_size: int = 64, backend: str = "torch",
+                 export_digest: str | None = None):
+        from mlc_dist.artifacts import load_export, verify_export
         from mlc_dist.scoring.onnx_backend import load_onnx
 
         if num_threads:
             torch.set_num_threads(num_threads)
         self.onnx = None
         if backend != "torch":  # an ONNX Runtime session (CPU, fp32 or int8 graph)
+            verify_export(model_dir, export_digest)
             self.onnx, tokenizer, self.meta = load_onnx(model_dir, backend, num_threads)
         else:
-            self.model, tokenizer, self.meta = load_export(model_dir)
+            # export_digest: the export the job identified; a replaced one is refused.
+            self.model, tokenizer, self.meta = load_export(model_dir,
+                                                           expected_digest=export_digest)
             self.device = assigned_device()
             # Cast once for the precision (autocast would re-cast every weight on every forward).
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
@@ -120,9 +124,10 @@ class _PoolScorer(Scorer):
     """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
 
     def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
-                 reserved_cpus, backend="torch"):
+                 reserved_cpus, backend="torch", export_digest=None):
         super().__init__(model_dir, passthrough, precision,
-                         threads or actor_threads(num_actors, reserved_cpus), batch_size, backend)
+                         threads or actor_threads(num_actors, reserved_cpus), batch_size, backend,
+                         export_digest)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -140,7 +145,8 @@ def _all_scored(batch: pa.Table) -> pa.Table:
 
 
 def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: ModelMeta,
-                   raw: ray.data.Dataset, passthrough: list[str]) -> ray.data.Dataset:
+                   raw: ray.data.Dataset, passthrough: list[str],
+                   export_digest: str | None = None) -> ray.data.Dataset:
     """Lazy dataset of passthrough columns + `_reason` + score_/pred_ columns for `paths`."""
     sc = job.score
     if job.data.feature_columns:  # tabular input: numeric features, checked by Normalize
@@ -153,11 +159,13 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
                           sc.max_chars, meta.text_pair_column)
         raw = raw.map_batches(check, batch_format="pyarrow")
         keep = [*passthrough, data.LINE, REASON]  # the line: for the quarantine
-    return score_dataset(job, raw, model_dir, meta.max_length, keep, sc.batch_size)
+    return score_dataset(job, raw, model_dir, meta.max_length, keep, sc.batch_size,
+                         export_digest)
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
-                  passthrough: list[str], batch_size: int) -> ray.data.Dataset:
+                  passthrough: list[str], batch_size: int,
+                  export_digest: str | None = None) -> ray.data.Dataset:
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     from mlc_dist.scoring import parity
 
@@ -168,7 +176,8 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
     return ds.map_batches(
         _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
                                           sc.threads_per_actor, batch_size, sc.num_actors,
-                                          job.scaling.cpus_per_worker, sc.backend),
+                                          job.scaling.cpus_per_worker, sc.backend,
+                                          export_digest),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)

@@ -158,7 +158,7 @@ def export_checkpoint(checkpoint, run_dir: str) -> tuple[TrainState, str, dict |
     with checkpoint.as_directory() as directory:
         state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
         export_dir = storage.join(run_dir, "model")
-        storage.upload_dir(os.path.join(directory, "model"), export_dir)
+        storage.publish_dir(os.path.join(directory, "model"), export_dir)
         val_file = os.path.join(directory, VAL_FILE)
         val = dict(np.load(val_file)) if os.path.exists(val_file) else None
     return state, export_dir, val

@@ -47,7 +47,8 @@ def test_bad_csv_rows_are_quarantined_with_file_and_line(model_dir, tmp_path, ra
     frame.to_parquet(folder / "more.pq")
     out = tmp_path / "out"
     job = validate_job({"run": {"name": "input-test"}, "data": {"id_columns": ["id"]},
-                        "score": {"input": str(folder), "output": str(out), "model": model_dir}})
+                        "score": {"input": str(folder), "output": str(out), "model": model_dir,
+                                  "max_quarantine_fraction": 0.5}})  # 2 of 8: over the 0.1 gate
     summary = scoring.run(job)
     assert (summary["parts_committed"], summary["rows_in"], summary["rows_out"],
             summary["rows_quarantined"]) == (3, 8, 6, 2)

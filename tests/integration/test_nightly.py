@@ -77,7 +77,8 @@ def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_p
     assert sorted(table.column("id").to_pylist()) == sorted(source.column("id").to_pylist())
     manifest = json.loads((out / "_manifest.json").read_text())
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (160, 160, 0)
-    assert manifest["model_id"] == scoring.model_id(model_dir)
+    assert manifest["model_id"] == scoring.model_id(model_dir, scoring.scoring_settings(
+        validate_job(yaml.safe_load(job_file.read_text())).score))
     # No --date for a {date} path, and a bad date: user errors, exit code 2.
     no_date = subprocess.run(cmd[:-2], env=env, capture_output=True, text=True, timeout=300)
     assert no_date.returncode == 2 and "--date" in no_date.stderr
@@ -109,7 +110,7 @@ def test_bad_rows_follow_the_policy_with_counts(model_dir, tmp_path, ray_cluster
                    folder / "y.parquet")
     out = tmp_path / "out"
     job = validate_job(job_tree(model_dir, str(folder), str(out), max_chars=50,
-                                on_long_text="quarantine"))
+                                on_long_text="quarantine", max_quarantine_fraction=1.0))
     summary = scoring.run(job)
     assert (summary["rows_in"], summary["rows_out"], summary["rows_quarantined"]) == (8, 3, 5)
     assert summary["duplicate_ids"] == 1
