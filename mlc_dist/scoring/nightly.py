@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
 from mlc_dist.config import JobConfig, JobConfigError
-from mlc_dist.scoring import manifest
+from mlc_dist.scoring import manifest, parity
 from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, SUCCESS, AuditError, InputFile, Output,
                                      Part, part_name)
 from mlc_dist.scoring.fingerprint import (IdSet, file_identity, id_digests, model_id,
@@ -106,7 +106,12 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     local_model = storage.local_copy(model_dir)
     digest = storage.export_digest(local_model)
     meta = read_meta(local_model)
-    mid = model_id(local_model, scoring_settings(job.score), digest)
+    # ONNX backends: the graph scores are made with is part of the model's identity (and
+    # onnx-int8's parity gate runs here, before the lease: a refused graph exits 2).
+    backend = parity.prepare_backend(job, model_dir)
+    settings = {**scoring_settings(job.score), **(backend and {
+        "backend": backend["backend"], "graph_sha256": backend["graph_sha256"]} or {})}
+    mid = model_id(local_model, settings, digest)
     lease = Lease(output, job.score.lease_timeout_s).acquire()
     try:
         summary = _run_locked(job, date, files, names, (model_dir, meta, mid, digest),
@@ -152,6 +157,8 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
               ("rows_in", "rows_out", "rows_quarantined", "rows_truncated", "duplicate_ids")}
     if committed or not unchanged or not manifest.is_complete(out.uri):
         _publish(job, out, lease, {"model_id": mid, "model": model_dir, "output": out.uri,
+                                   "backend": parity.prepare_backend(job, model_dir)
+                                   or {"backend": "torch"},
                                    "date": date, "run_id": out.run_id, "parts": records,
                                    **totals})
     manifest.finish(out)

@@ -166,6 +166,9 @@ def test_changed_inputs_are_rescored_withdrawn_dropped_new_scored(model_dir, tmp
         scoring.run(job(other, inputs, out))
     with pytest.raises(JobConfigError, match="model id"):
         scoring.run(job(model_dir, inputs, out, precision="bf16"))
+    # Only another backend: the ONNX graph is part of the model's identity.
+    with pytest.raises(JobConfigError, match="model id"):
+        scoring.run(job(model_dir, inputs, out, backend="onnx"))
     assert mlc_dist.read_scores(str(out)).num_rows == table.num_rows  # untouched
 
 

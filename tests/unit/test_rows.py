@@ -1,7 +1,6 @@
 """CSV/TSV/JSON-lines parsing row by row (data/rows.py) on real bytes: no Ray."""
 
 import pyarrow as pa
-import pytest
 
 from mlc_dist.data import rows
 
