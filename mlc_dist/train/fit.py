@@ -123,6 +123,7 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
             "tokenizer_path": inputs.tokenizer_path,
             "pos_weight": inputs.pos_weight,
             "output_bias": inputs.output_bias,
+            "validation_stats": inputs.prepared.validation_stats.to_dict(),
             "progress": progress_sink,
             "verbosity": logs.verbosity(),
         },

@@ -89,6 +89,20 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
     return (_gather(cat(probs, outputs.num_outputs)), _gather(cat(labels, len(outputs.names))))
 
 
+def check_coverage(labels: np.ndarray, expected: dict | None) -> None:
+    """Each validation row evaluated exactly once across ranks: the gathered rows and per-label
+    label sums equal the validation set's statistics (a row seen twice or missed changes them),
+    so thresholds are never tuned on a skewed set."""
+    if not expected:
+        return
+    sums = labels.sum(axis=0) if len(labels) else np.zeros(len(expected["positives"]))
+    if len(labels) != expected["num_rows"] or not np.allclose(sums, expected["positives"]):
+        raise RuntimeError(
+            f"validation: {len(labels)} rows evaluated, per-label positives {sums.tolist()}; the "
+            f"validation set has {expected['num_rows']} rows, positives {expected['positives']}: "
+            "the ranks read it in different orders (a row evaluated twice or not at all)")
+
+
 def train_batches(shard, tcfg, collate: Collate, epoch: int):
     """This epoch's training batches: Ray's local shuffle, then optional length bucketing."""
     shuffle = {"local_shuffle_buffer_size": tcfg.shuffle_buffer_rows or None,
@@ -141,6 +155,7 @@ class Worker:
             with torch.no_grad():
                 output_bias(model).copy_(torch.tensor(config["output_bias"]))
         self.total_steps = config["num_training_steps"]
+        self.validation_stats = config.get("validation_stats")  # rows and positives, to check
         self.engine = strategy.prepare(model, job.train, self.total_steps,
                                        job.deepspeed_config() if job.train.strategy == "deepspeed"
                                        else None)
@@ -261,6 +276,7 @@ class Worker:
         probs, labels = evaluate(self.engine, self.val_shard, self.collate,
                                  tcfg.batch_size_per_worker * 2, self.rank, self.world,
                                  self.outputs)
+        check_coverage(labels, self.validation_stats)
         if not self.outputs.is_binary:  # multi-category heads: argmax, no thresholds to tune
             figures = metrics.head_summary(self.outputs, labels, probs, self.meta.thresholds)
             return {f"val_{k}": v for k, v in figures.items()}
