@@ -124,7 +124,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on CPU (mlc_dist.precision,
+    # resolved on each worker's device; an explicit choice the device cannot run is refused).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     # DDP: look for parameters a step leaves without gradient (slower). Unset: on only for model
     # families known to need it (XLNet).
@@ -224,7 +226,7 @@ class JobConfig(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
         t = self.train
-        if t.precision == "fp16" and not self.scaling.use_gpu:
+        if t.precision == "fp16" and not self.scaling.use_gpu:  # known before any worker
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true "
                              "(CPU autocast has no fp16 loss scaling; use fp32 or bf16)")
         if t.strategy != "deepspeed":
@@ -286,6 +288,7 @@ def _derived_deepspeed(t: TrainConfig) -> list[tuple[tuple[str, ...], str, Any]]
          "cpu" if t.offload_optimizer else "none"),
         (("zero_optimization", "offload_param", "device"), "train.offload_params",
          "cpu" if t.offload_params else "none"),
+        # auto: decided on the worker's device (strategy.prepare), both left off here.
         (("bf16", "enabled"), "train.precision", t.precision == "bf16"),
         (("fp16", "enabled"), "train.precision", t.precision == "fp16"),
     ]

@@ -48,9 +48,16 @@ class DDPEngine:
         find_unused = cfg.find_unused_parameters
         if find_unused is None:
             find_unused = leaves_parameters_unused(model)
+        # Gradients live in DDP's buckets (no copy per step). Buffers are broadcast before each
+        # forward only for models whose buffers train (BatchNorm running stats: the MLP);
+        # BERT-class buffers are constants.
         self.model = ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"find_unused_parameters": find_unused})
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+            model, parallel_strategy_kwargs={
+                "find_unused_parameters": find_unused, "gradient_as_bucket_view": True,
+                "broadcast_buffers": any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                         for m in model.modules())})
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           fused=self.device.type == "cuda")
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup_ratio * num_training_steps), num_training_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -71,7 +78,7 @@ class DDPEngine:
         boundary = (self._micro + 1) % self.cfg.grad_accum_steps == 0
         sync = contextlib.nullcontext() if boundary or not hasattr(self.model, "no_sync") \
             else self.model.no_sync()
-        with sync, self.autocast():
+        with sync:  # the caller runs only the forward under autocast(), not the backward
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -192,13 +199,35 @@ class DeepSpeedEngine:
                 "zero_stage": self.model.zero_optimization_stage()}
 
     def export_state_dict(self) -> dict | None:
-        """Consolidated fp32 weights on rank 0 (ZeRO-3 gathers layer by layer); call on every rank."""
+        """Consolidated fp32 weights on rank 0 (ZeRO-3 gathers layer by layer); call on every rank.
+
+        In bf16/fp16 the module holds DeepSpeed's 16-bit copy: the export takes the optimizer's
+        fp32 master weights instead (gathered from every rank's partition)."""
+        if self.cfg.precision in ("bf16", "fp16"):
+            return self._fp32_masters()
         if self._stage == 3:
             state = self.model._zero3_consolidated_16bit_state_dict()  # None off rank 0
         else:
             state = self.module.state_dict()
         return None if state is None else {k: v.detach().float().cpu().clone()
                                            if v.is_floating_point() else v for k, v in state.items()}
+
+    def _fp32_masters(self) -> dict | None:
+        import torch.distributed as dist
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        # A collective per parameter: every rank calls, in the same order; rank 0 keeps them.
+        keep = not dist.is_initialized() or dist.get_rank() == 0
+        masters = {}
+        for param in dict.fromkeys(p for _, p in self.module.named_parameters()):
+            full = safe_get_full_fp32_param(param)
+            if keep:
+                masters[id(param)] = full.detach().float().cpu().clone()
+        if not keep:
+            return None
+        # The module's own state_dict keys: tied names share their master; buffers as they are.
+        return {name: masters[id(v)] if isinstance(v, nn.Parameter) else v.detach().cpu().clone()
+                for name, v in self.module.state_dict(keep_vars=True).items()}
 
     def save(self, directory: str, rank: int) -> None:
         """Every rank writes its ZeRO shards; the files have rank-specific names, Ray merges them."""
@@ -214,6 +243,21 @@ class DeepSpeedEngine:
 
 def prepare(model: nn.Module, cfg: TrainConfig, num_training_steps: int,
             ds_config: dict | None = None) -> DDPEngine | DeepSpeedEngine:
+    """The engine for `cfg.strategy`, with `train.precision` resolved on this worker's device
+    (auto: bf16 where the GPU has it natively, fp16 on older GPUs, fp32 on CPU)."""
+    import ray.train.torch
+
+    from mlc_dist.precision import resolve
+
+    device = ray.train.torch.get_device()
+    cfg = cfg.model_copy(update={"precision": resolve(cfg.precision, device)})
+    if device.type == "cuda":
+        # fp32 matmuls (and fp32 parts of an AMP step) on tensor cores: TF32.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if cfg.strategy == "deepspeed":
-        return DeepSpeedEngine(model, cfg, num_training_steps, ds_config or {})
+        ds_config = dict(ds_config or {})
+        for key in ("bf16", "fp16"):
+            ds_config[key] = {**ds_config.get(key, {}), "enabled": cfg.precision == key}
+        return DeepSpeedEngine(model, cfg, num_training_steps, ds_config)
     return DDPEngine(model, cfg, num_training_steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -46,4 +47,15 @@ class MlcMlpForSequenceClassification(PreTrainedModel):
                      else 0.02)
 
     def forward(self, features: torch.Tensor, **_unused) -> SequenceClassifierOutput:
-        return SequenceClassifierOutput(logits=self.head(self.body(features.float())))
+        # Features arrive as fp32 (or float64) columns and the parameters may be 16-bit (DeepSpeed
+        # bf16/fp16 casts the parameters but not BatchNorm's running statistics): normalize in
+        # the statistics' dtype, then run the layers in their own.
+        norm, layers = self.body[0], self.body[1:]
+        stats = norm.running_mean.dtype
+        x = F.batch_norm(features.to(stats), norm.running_mean, norm.running_var,
+                         norm.weight.to(stats), norm.bias.to(stats), norm.training, norm.momentum,
+                         norm.eps)
+        if norm.training:
+            norm.num_batches_tracked.add_(1)
+        x = layers(x.to(layers[0].weight.dtype))
+        return SequenceClassifierOutput(logits=self.head(x))

@@ -95,13 +95,20 @@ class StepClock:
     def epoch_start(self) -> None:
         self.mark = None
 
-    def step(self) -> None:
+    def step(self, tokens=None) -> None:
+        """`tokens`: the global token count so far, a device tensor while the train loop keeps
+        it there (no host sync per step; `sync` turns the sums into ints at log steps)."""
         state, now = self.state, time.time()
+        tokens = state.train_tokens if tokens is None else tokens
         self.steps += 1
         if state.first_step_time is None:
             state.first_step_time = now
         if self.mark is not None and self.steps > self.warmup:
             state.steady_time_s += now - self.mark[0]
             state.steady_samples += state.train_samples - self.mark[1]
-            state.steady_tokens += state.train_tokens - self.mark[2]
-        self.mark = (now, state.train_samples, state.train_tokens)
+            state.steady_tokens = state.steady_tokens + (tokens - self.mark[2])
+        self.mark = (now, state.train_samples, tokens)
+
+    def sync(self) -> None:
+        """Device-side token sums -> ints in the state (before it is logged or saved)."""
+        self.state.steady_tokens = int(self.state.steady_tokens)

@@ -103,13 +103,16 @@ def check_coverage(labels: np.ndarray, expected: dict | None) -> None:
             "the ranks read it in different orders (a row evaluated twice or not at all)")
 
 
-def train_batches(shard, tcfg, collate: Collate, epoch: int):
-    """This epoch's training batches: Ray's local shuffle, then optional length bucketing."""
+def train_batches(shard, tcfg, collate: Collate, epoch: int, pin_memory: bool = False):
+    """This epoch's training batches: Ray's local shuffle, then optional length bucketing.
+    Without bucketing, Ray collates, pins (GPU) and copies to the device on its prefetch
+    thread, off the training thread."""
     shuffle = {"local_shuffle_buffer_size": tcfg.shuffle_buffer_rows or None,
                "local_shuffle_seed": tcfg.seed + epoch}
     if not tcfg.length_bucketing:
         return shard.iter_torch_batches(batch_size=tcfg.batch_size_per_worker, collate_fn=collate,
-                                        prefetch_batches=2, **shuffle)
+                                        prefetch_batches=2, pin_memory=pin_memory,
+                                        **shuffle)
     windows = shard.iter_batches(batch_size=tcfg.batch_size_per_worker * data.BUCKET_WINDOW_BATCHES,
                                  batch_format="numpy", prefetch_batches=1, **shuffle)
     return map(collate, data.length_buckets(windows, tcfg.batch_size_per_worker, tcfg.seed + epoch))
@@ -171,7 +174,8 @@ class Worker:
         self.state = TrainState()
         self.last_eval: dict = {}  # probs/labels of the latest evaluation, saved for the report
         self.num_reports = 0
-        self._loss_sum, self._loss_count, self._sent_at = 0.0, 0, 0.0
+        self._loss_sum, self._loss_count, self._sent_at, self._tokens = 0.0, 0, 0.0, 0
+        self.clock: StepClock | None = None  # the train loop's, once it runs
 
     def resume(self) -> None:
         """Load the latest checkpoint Ray hands this attempt (or an older one, when it does not
@@ -219,23 +223,27 @@ class Worker:
         done = self.state.batches_done
         self._loss_sum, self._loss_count = 0.0, 0  # the loss window never spans epochs
         for i, batch in enumerate(train_batches(self.train_shard, self.job.train, self.collate,
-                                                self.state.epoch)):
+                                                self.state.epoch,
+                                                self.engine.device.type == "cuda")):
             if i >= done:
                 yield batch
 
     def train_step(self, batch: dict) -> bool:
         """Forward and backward of one micro-batch; True when it completed an optimizer step."""
         engine, state = self.engine, self.state
-        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        # Ray's iterator already moved the batch (non_blocking, from pinned memory on a GPU).
+        batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         with engine.accumulate():
-            logits = engine.model(**batch).logits  # [B, num_outputs]
+            with engine.autocast():  # the forward only; backward runs in the forward's dtypes
+                logits = engine.model(**batch).logits  # [B, num_outputs]
             loss = self.loss_fn(logits.float(), labels)
             engine.backward(loss)
         state.batches_done += 1
         state.train_samples += len(labels) * self.world
-        state.train_tokens += int(batch.get("attention_mask", labels).sum()) * self.world
-        self._loss_sum, self._loss_count = self._loss_sum + loss.item(), self._loss_count + 1
+        # No host sync per step: loss and token sums stay on the device until a log step.
+        self._tokens = self._tokens + batch.get("attention_mask", labels).sum()
+        self._loss_sum, self._loss_count = self._loss_sum + loss.detach(), self._loss_count + 1
         if not engine.step():
             return False
         state.global_step += 1
@@ -254,10 +262,22 @@ class Worker:
                 self.total_steps:
             self.send_progress()
             return
-        loss = self._loss_sum / max(self._loss_count, 1)
+        self.sync_counters()
+        loss = float(self._loss_sum) / max(self._loss_count, 1)
         state.history.append({"step": state.global_step, "loss": loss, "lr": self.engine.lr})
         self._loss_sum, self._loss_count = 0.0, 0
         self.send_progress(loss=loss, lr=self.engine.lr, force=True)
+
+    def tokens_seen(self):
+        """Global tokens trained so far, without a host sync (a device tensor between syncs)."""
+        return self.state.train_tokens + self._tokens * self.world
+
+    def sync_counters(self) -> None:
+        """Device-side counters into the state: one host sync, at log steps and checkpoints."""
+        self.state.train_tokens = int(self.tokens_seen())
+        self._tokens = 0
+        if self.clock is not None:
+            self.clock.sync()
 
     def send_progress(self, force: bool = False, **fields) -> None:
         """Rank 0 -> the driver's progress display; fire-and-forget, at most once a second."""
@@ -307,6 +327,7 @@ class Worker:
         shutil.rmtree(directory, ignore_errors=True)
 
     def save_checkpoint(self, val_arrays: dict | None) -> str:
+        self.sync_counters()
         directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
         weights = self.engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
         if self.rank == 0:
@@ -330,7 +351,7 @@ def train_loop_per_worker(config: dict) -> None:
         return  # not an error for Ray: a restart would only fail the same way
     w.record_placement()
     state, tcfg = w.state, w.job.train
-    clock = StepClock(state, tcfg.throughput_warmup_steps)
+    clock = w.clock = StepClock(state, tcfg.throughput_warmup_steps)
     w.engine.model.train()
     while state.epoch < tcfg.epochs and state.global_step < w.total_steps:
         start = time.perf_counter()
@@ -338,7 +359,7 @@ def train_loop_per_worker(config: dict) -> None:
         for batch in w.batches():
             if not w.train_step(batch):
                 continue  # inside a gradient accumulation window
-            clock.step()
+            clock.step(w.tokens_seen())
             step = state.global_step
             maybe_inject_fault(step, w.rank, w.job.run_dir)
             w.log_step()

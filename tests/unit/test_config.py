@@ -17,7 +17,7 @@ def test_defaults_and_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     job = load_job(write(tmp_path, BASE))
     assert job.model.name == DEFAULT_MODEL
-    assert job.train.precision == "fp32" and job.train.strategy == "ddp"
+    assert job.train.precision == "auto" and job.train.strategy == "ddp"
     assert job.data.train == str(tmp_path / "train.csv")
     assert job.model_dir == str(tmp_path / "runs" / "r" / "model")
 
