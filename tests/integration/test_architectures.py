@@ -47,6 +47,11 @@ CASES = {
                            "tabular"),
 }
 
+# Two workers only where DDP itself is what the case tests: XLNet's unused parameters, and the
+# MLP's BatchNorm buffers (broadcast from rank 0). The others prove nothing more on two (the
+# DDP pipeline and its kill drill are test_pipeline's), so they train on one.
+TWO_WORKERS = {"xlnet-linear", "mlp-multi_binary"}
+
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
@@ -67,7 +72,7 @@ def _data_section(kind: str, paths: dict) -> dict:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_trains_on_two_workers_exports_and_scores(case, datasets, tmp_path, ray_cluster):
+def test_trains_exports_and_scores(case, datasets, tmp_path, ray_cluster):
     family, model, kind = CASES[case]
     if family:
         model = {**model, "name": build_family(family, tmp_path / family)}
@@ -77,7 +82,7 @@ def test_trains_on_two_workers_exports_and_scores(case, datasets, tmp_path, ray_
         "model": model,
         "train": {"max_steps": 3, "batch_size_per_worker": 8, "lr": 1e-3, "log_every_steps": 1,
                   "warmup_ratio": 0.0, "shuffle_buffer_rows": 0},
-        "scaling": {"num_workers": 2},
+        "scaling": {"num_workers": 2 if case in TWO_WORKERS else 1},
         "score": {"input": datasets[kind]["score"], "output": str(tmp_path / "scores")},
     })
     summary = train.fit(job)

@@ -46,7 +46,7 @@ def job_tree(model_dir, inputs, output, **score):
                       **score}}
 
 
-def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_path):
+def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_path, join_env):
     inputs = write_inputs(tmp_path / "in" / "date=2024-05-01", [90, 70])
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job_tree(
@@ -54,7 +54,7 @@ def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_p
         str(tmp_path / "out" / "date={date}"))))
     out = tmp_path / "out" / "date=2024-05-01"
     cmd = [sys.executable, "-m", "mlc_dist.cli", "score", str(job_file), "--date", "2024-05-01"]
-    env = {**os.environ, "PYTHONPATH": REPO, scoring.FAULT_ENV: "1"}
+    env = {**join_env, "PYTHONPATH": REPO, scoring.FAULT_ENV: "1"}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == 99, killed.stderr[-2000:]
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
@@ -152,14 +152,14 @@ def test_a_drop_of_files_shares_one_actor_pool(model_dir, tmp_path, ray_cluster)
 
 
 
-def test_bench_score_prints_the_comparison(model_dir, tmp_path):
-    # A separate process: the benchmark starts and stops its own local Ray cluster.
+def test_bench_score_prints_the_comparison(model_dir, tmp_path, join_env):
+    # A separate process, joining this run's cluster (the bench starts its own otherwise).
     tsv = tmp_path / "dev.tsv"
     tsv.write_text("".join(f"{t}\tx\tid\n" for t in
                            generate(40, seed=3).column("comment_text").to_pylist()))
     cmd = [sys.executable, "-m", "mlc_dist.cli", "bench", "score", "--rows", "120", "--files",
            "3", "--model-dir", model_dir, "--data-file", str(tsv), "--backend", "onnx"]
-    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+    done = subprocess.run(cmd, env={**join_env, "PYTHONPATH": REPO}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
