@@ -10,6 +10,9 @@ Output layout under `score.output`:
     _lease.json                             the one run writing (lease.py)
     _tmp/<run id>/                          that run's parts in progress
 
+With `score.output_format: delta` the parts are instead the partitions `part=<part>/` of a Delta
+table in the same folder, each committed as one transaction (delta.py); the rest is the same.
+
 A part is written under its run's `_tmp/`, checked (rows and ids in = out + quarantined, input
 unchanged, lease still held), moved into place, then its record is written: a crash leaves either
 no part or a whole one, and a rerun skips the parts whose record matches the input and model.

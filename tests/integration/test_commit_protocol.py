@@ -26,7 +26,7 @@ from mlc_dist.config import JobConfigError, validate_job
 from mlc_dist.demo import generate
 from mlc_dist.labels import LabelSpace
 from mlc_dist.scoring import delta
-from mlc_dist.scoring.commit import Output
+from mlc_dist.scoring.commit import AuditError, Output
 
 from ..conftest import export_tiny_model
 
@@ -205,6 +205,16 @@ def test_changed_inputs_are_rescored_withdrawn_dropped_new_scored(model_dir, tmp
     with pytest.raises(JobConfigError, match=f"score.output_format {other_fmt}"):
         scoring.run(job(model_dir, inputs, out, output_format=other_fmt))
     assert id_scores(mlc_dist.read_scores(str(out))) == id_scores(table)  # untouched
+    if fmt == "delta":
+        # Rows written into the table behind the protocol's back: readers of the published
+        # version do not see them; the next run refuses the changed part (exit 3).
+        keep = pq.read_table(next((out / "part=part-keep").glob("*.parquet")))
+        write_deltalake(str(out), keep.append_column("part", pa.array(["part-keep"] *
+                                                                      keep.num_rows)),
+                        mode="append", partition_by=["part"])
+        assert id_scores(mlc_dist.read_scores(str(out))) == id_scores(table)
+        with pytest.raises(AuditError, match="part part-keep of the Delta table differs"):
+            scoring.run(job(model_dir, inputs, out, output_format=fmt))
 
 
 def test_an_input_changing_during_the_run_fails_it_with_exit_2(model_dir, tmp_path,
