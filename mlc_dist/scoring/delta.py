@@ -61,18 +61,27 @@ def part_files(out, version: int | None = None) -> dict[str, list[str]]:
 def commit_part(out, name: str, tmp: str) -> dict:
     """The part's scored rows (the run's temp Parquet file) replace the part's rows in one
     transaction; returns what its record keeps: the table version and the part's data files."""
-    from deltalake import write_deltalake
-
     assert all(c.isalnum() or c in "._=-" for c in name), name  # part_name: safe in a predicate
-    table = pq.read_table(tmp, filesystem=out.fs)
-    if PART in table.column_names:
-        raise ValueError(f"{out.uri}: the input has a column named {PART!r}, the Delta output's "
-                         "partition column; rename it or use score.output_format: parquet")
-    table = table.append_column(PART, pa.array([name] * table.num_rows, pa.string()))
-    write_deltalake(table_uri(out.uri), table, mode="overwrite", partition_by=[PART],
-                    predicate=f"{PART} = '{name}'", storage_options=storage_options(out.uri))
+    with out.fs.open_input_file(tmp) as f:
+        part = pq.ParquetFile(f)
+        if PART in part.schema_arrow.names:
+            raise ValueError(f"{out.uri}: the input has a column named {PART!r}, the Delta "
+                             "output's partition column; rename it or use "
+                             "score.output_format: parquet")
+        schema = part.schema_arrow.append(pa.field(PART, pa.string()))
+        # Streamed batch by batch: a part never has to fit in the driver's memory.
+        batches = (b.append_column(PART, pa.array([name] * b.num_rows, pa.string()))
+                   for b in part.iter_batches())
+        _write(out, name, pa.RecordBatchReader.from_batches(schema, batches))
     version = _table(out).version()
     return {"delta_version": version, "delta_files": part_files(out, version).get(name, [])}
+
+
+def _write(out, name: str, rows: pa.RecordBatchReader) -> None:
+    from deltalake import write_deltalake
+
+    write_deltalake(table_uri(out.uri), rows, mode="overwrite", partition_by=[PART],
+                    predicate=f"{PART} = '{name}'", storage_options=storage_options(out.uri))
 
 
 def delete_parts(out, names: list[str]) -> None:
