@@ -23,12 +23,14 @@ LOG = "_delta_log"
 
 
 def storage_options(uri: str) -> dict | None:
-    """delta-rs reads endpoint, region and credentials from the AWS_* environment itself; a plain
-    http endpoint (moto, MinIO) must be allowed explicitly."""
+    """delta-rs reads region and credentials from the AWS_* environment itself; the endpoint is
+    passed as pyarrow and boto3 find it (AWS_ENDPOINT_URL_S3 first), and a plain http endpoint
+    (moto, MinIO) must be allowed explicitly."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
-    if uri.startswith("s3://") and endpoint.startswith("http://"):
-        return {"allow_http": "true"}
-    return None
+    if not uri.startswith("s3://") or not endpoint:
+        return None
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": str(endpoint.startswith("http://"))
+            .lower()}
 
 
 def table_uri(output: str) -> str:
