@@ -15,7 +15,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlc_dist import storage
+from mlc_dist import data, storage
 
 #: The partition column: the part name of the input file a row came from.
 PART = "part"
@@ -67,7 +67,7 @@ def commit_part(out, name: str, tmp: str) -> dict:
     with out.fs.open_input_file(tmp) as f:
         part = pq.ParquetFile(f)
         if PART in part.schema_arrow.names:
-            raise ValueError(f"{out.uri}: the input has a column named {PART!r}, the Delta "
+            raise data.DataError(f"{out.uri}: the input has a column named {PART!r}, the Delta "
                              "output's partition column; rename it or use "
                              "score.output_format: parquet")
         schema = part.schema_arrow.append(pa.field(PART, pa.string()))
