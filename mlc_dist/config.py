@@ -202,6 +202,8 @@ class ScoreConfig(_Section):
     max_quarantine_fraction: float = Field(0.1, ge=0, le=1)
     # One writer per output: a lease without a heartbeat for this long may be taken over.
     lease_timeout_s: float = Field(300.0, gt=0)
+    # parquet: part files + _manifest.json; delta: the output folder is a Delta Lake table.
+    output_format: Literal["parquet", "delta"] = "parquet"
 
 
 class EvaluateConfig(_Section):

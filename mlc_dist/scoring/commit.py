@@ -10,6 +10,9 @@ Output layout under `score.output`:
     _lease.json                             the one run writing (lease.py)
     _tmp/<run id>/                          that run's parts in progress
 
+With `score.output_format: delta` the parts are instead the partitions `part=<part>/` of a Delta
+table in the same folder, each committed as one transaction (delta.py); the rest is the same.
+
 A part is written under its run's `_tmp/`, checked (rows and ids in = out + quarantined, input
 unchanged, lease still held), moved into place, then its record is written: a crash leaves either
 no part or a whole one, and a rerun skips the parts whose record matches the input and model.
@@ -33,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mlc_dist import data, storage
-from mlc_dist.scoring import faults
+from mlc_dist.scoring import delta, faults
 from mlc_dist.scoring.fingerprint import IdSet, file_identity, id_digests, same_file
 from mlc_dist.scoring.textcheck import (REASON, SCORED, TRUNCATED, quarantine_rows,
                                         quarantine_schema)
@@ -63,8 +66,8 @@ class Output:
     """The output folder on its filesystem (local or object store), written by one run (`run_id`,
     whose temp files live in `_tmp/<run_id>/`)."""
 
-    def __init__(self, output: str, run_id: str = "reader"):
-        self.uri = output
+    def __init__(self, output: str, run_id: str = "reader", fmt: str = "parquet"):
+        self.uri, self.format = output, fmt
         self.fs, self.root = storage.filesystem(output)
         self.root = self.root.rstrip("/")
         self.run_id = run_id
@@ -108,8 +111,15 @@ class Output:
         return digest.hexdigest()
 
 
-def verify_record(out: Output, record: dict) -> dict:
-    """A committed part's files still match its record (else exit 3: changed after the run)."""
+def verify_record(out: Output, record: dict, delta_files: dict | None = None) -> dict:
+    """A committed part's files still match its record (else exit 3: changed after the run).
+    Delta: the part's data files in the table's latest snapshot (`delta_files`) are the ones its
+    commit added (Delta data files are immutable: a change is a new file)."""
+    if record.get("format") == "delta" and \
+            (delta_files or {}).get(record["part"], []) != record["delta_files"]:
+        raise AuditError(f"{out.uri}: part {record['part']} of the Delta table differs from its "
+                         "manifest record; the committed output was changed after the run "
+                         "(rerun with --overwrite)")
     for key, rel in (("checksum", f"{record['part']}.parquet"),
                      ("quarantine_checksum", f"{QUARANTINE}/{record['part']}.parquet")):
         if record.get(key) and (not out.exists(rel) or out.sha256(out.path(rel)) != record[key]):
@@ -217,7 +227,8 @@ class Part:
                   "rows_in": self.input.rows_in, **self.counts,
                   "duplicate_ids": ids_out.get("duplicate_ids", 0),
                   "ids_fingerprint": ids_out.get("ids_fingerprint"),
-                  "model_id": mid, "checksum": out.sha256(self.tmp),
+                  "model_id": mid, "format": out.format,
+                  "checksum": out.sha256(self.tmp) if out.format == "parquet" else None,
                   "quarantine_checksum": out.sha256(self.q_tmp) if self.q_writer else None,
                   "run_id": out.run_id,
                   "committed_at": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -230,7 +241,11 @@ class Part:
         else:
             out.fs.move(self.q_tmp, out.path(QUARANTINE, f"{name}.parquet"))
         faults.point("quarantine_moved")
-        out.fs.move(self.tmp, out.path(f"{name}.parquet"))
+        if out.format == "delta":  # one transaction replacing the part's rows
+            record.update(delta.commit_part(out, name, self.tmp))
+            out.fs.delete_file(self.tmp)
+        else:
+            out.fs.move(self.tmp, out.path(f"{name}.parquet"))
         faults.point("part_visible")
         out.write_atomic(json.dumps(record, indent=2).encode(), RECORDS, f"{name}.json")
         faults.point("record_written")

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from mlc_dist import data
 from mlc_dist.config import JobConfigError
-from mlc_dist.scoring import faults
+from mlc_dist.scoring import delta, faults
 from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, RECORDS, SUCCESS, TMP, AuditError,
                                      Output, verify_record)
 from mlc_dist.scoring.fingerprint import same_file
@@ -53,8 +53,13 @@ def read_scores(output: str) -> pa.Table:
     """The scores of a complete output: exactly the parts its manifest lists, each verified
     against its checksum (AuditError otherwise); files the manifest does not list are ignored."""
     out = Output(output)
+    content = read_manifest(output)
+    if delta.exists(out):  # a Delta table: the version the manifest publishes
+        if content.get("format") != "delta":
+            raise AuditError(f"{output}: a Delta table whose manifest is not a Delta one")
+        return delta.read(out, content, AuditError)
     tables = []
-    for record in read_manifest(output)["parts"]:
+    for record in content["parts"]:
         content = out.read_bytes(f"{record['part']}.parquet")  # read once: checked = parsed
         if hashlib.sha256(content).hexdigest() != record["checksum"]:
             raise AuditError(f"{out.path(record['part'])}.parquet: checksum differs from the "
@@ -88,6 +93,13 @@ def reconcile(out: Output, names: list[str], identities: dict[str, dict], mid: s
     parts and parts without a record. Raises when a part was scored by another model id."""
     records = {n[:-len(".json")]: out.read_json(RECORDS, n) for n in out.listing(RECORDS)
                if n.endswith(".json")}
+    formats = {r.get("format", "parquet") for r in records.values()}
+    if delta.exists(out):
+        formats.add("delta")
+    if formats - {out.format}:
+        raise JobConfigError(f"{out.uri}: holds {sorted(formats)[0]} output; this run writes "
+                             f"score.output_format {out.format}. Rerun with --overwrite to "
+                             "score everything again in the new format")
     other = sorted(n for n, r in records.items() if n in names and r["model_id"] != mid)
     if other:
         raise JobConfigError(
@@ -95,14 +107,17 @@ def reconcile(out: Output, names: list[str], identities: dict[str, dict], mid: s
             f"{records[other[0]]['model_id']}; this run's is {mid} (the export or precision, "
             "max_chars, on_long_text differ). Rerun with --overwrite to score everything again")
     done, removed = {}, []
+    table_parts = delta.part_files(out) if out.format == "delta" else None
     for name, record in records.items():
         if name not in names:
             removed.append((name, "its input was withdrawn"))
         elif not same_file(record.get("input_identity"), identities[name]):
             removed.append((name, "its input changed"))
         else:
-            done[name] = verify_record(out, record)
-    strays = [n[:-len(".parquet")] for n in out.listing() if n.startswith("part-")
+            done[name] = verify_record(out, record, table_parts)
+    # Delta: partitions no record lists (a run killed between its commit and its record).
+    strays = sorted(set(table_parts or ()) - set(records))
+    strays += [n[:-len(".parquet")] for n in out.listing() if n.startswith("part-")
               and n.endswith(".parquet") and n[:-len(".parquet")] not in records]
     strays += [n[:-len(".parquet")] for n in out.listing(QUARANTINE) if n.endswith(".parquet")
                and n[:-len(".parquet")] not in records and n[:-len(".parquet")] not in strays]
@@ -111,6 +126,8 @@ def reconcile(out: Output, names: list[str], identities: dict[str, dict], mid: s
     for name, why in removed:
         log.info("%s: removed from the output, %s", name, why)
         out.delete(RECORDS, f"{name}.json")  # the record first: never a record without its part
+    if out.format == "delta":
+        delta.delete_parts(out, [n for n, _ in removed] + strays)
     for name in [n for n, _ in removed] + strays:
         out.delete(f"{name}.parquet")
         out.delete(QUARANTINE, f"{name}.parquet")

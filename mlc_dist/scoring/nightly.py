@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
 from mlc_dist.config import JobConfig, JobConfigError
-from mlc_dist.scoring import manifest, parity
+from mlc_dist.scoring import delta, manifest, parity
 from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, SUCCESS, AuditError, InputFile, Output,
                                      Part, part_name)
 from mlc_dist.scoring.fingerprint import (IdSet, file_identity, id_digests, model_id,
@@ -115,7 +115,8 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     lease = Lease(output, job.score.lease_timeout_s).acquire()
     try:
         summary = _run_locked(job, date, files, names, (model_dir, meta, mid, digest),
-                              Output(output, lease.run_id), overwrite, lease)
+                              Output(output, lease.run_id, job.score.output_format), overwrite,
+                              lease)
     except Exception:
         lease.release()
         raise
@@ -174,6 +175,9 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
 def _publish(job: JobConfig, out: Output, lease: Lease, content: dict) -> None:
     """The manifest, the quarantine gate, then `_SUCCESS` naming the manifest."""
     lease.check()
+    content = {**content, "format": out.format}
+    if out.format == "delta":  # the table version readers are to read: this run's last commit
+        content["delta_version"] = delta.version(out)
     sha = manifest.write_manifest(out, content)
     limit = job.score.max_quarantine_fraction
     fraction = content["rows_quarantined"] / max(content["rows_in"], 1)

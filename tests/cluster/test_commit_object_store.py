@@ -1,6 +1,6 @@
 """The nightly commit protocol with input and output on the object store (moto S3) and scoring on
 the multi-node cluster: a run killed mid-commit, a rerun while a second writer is refused, changed
-inputs, the quarantine gate. One sequence, so the drop is set up once."""
+inputs, the quarantine gate. One sequence per output format (Parquet parts, a Delta table)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def _cli(cluster, job, *args, env=None, wait=True):
     return proc.returncode, out, err
 
 
-def test_commit_protocol_on_the_object_store(cluster, tiny_bert, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_commit_protocol_on_the_object_store(cluster, tiny_bert, tmp_path, monkeypatch, fmt):
     from mlc_dist import read_scores
     from mlc_dist.cli import app  # imported before the race below: the loser answers at once
     from tests.conftest import export_tiny_model
@@ -71,7 +72,7 @@ def test_commit_protocol_on_the_object_store(cluster, tiny_bert, tmp_path, monke
         "score": {"input": f"s3://{prefix}/in/", "output": f"s3://{prefix}/out",
                   # batch_size 1: a row's scores are bit-identical whatever else a run scored.
                   "model": model, "window_rows": 16, "batch_size": 1,
-                  "max_quarantine_fraction": 0.5}}))
+                  "max_quarantine_fraction": 0.5, "output_format": fmt}}))
     out = f"s3://{prefix}/out"
 
     # Killed right after the second part became visible, before its record.
@@ -123,8 +124,16 @@ def test_commit_protocol_on_the_object_store(cluster, tiny_bert, tmp_path, monke
     assert code == 3 and "over score.max_quarantine_fraction 0" in err, err[-3000:]
     assert fs.get_file_info(f"{prefix}/clean/_SUCCESS").type == pafs.FileType.NotFound
     manifest = json.loads(fs.open_input_stream(f"{prefix}/clean/_manifest.json").read())
-    clean = pa.concat_tables(pq.read_table(f"{prefix}/clean/{p['part']}.parquet", filesystem=fs)
-                             for p in manifest["parts"])
+    if fmt == "delta":  # the table version the manifest names, read by delta-rs from S3
+        from deltalake import DeltaTable
+
+        from mlc_dist.scoring.delta import storage_options
+        clean = DeltaTable(f"s3://{prefix}/clean", version=manifest["delta_version"],
+                           storage_options=storage_options("s3://")).to_pyarrow_table()
+        assert sorted(set(clean.column("part").to_pylist())) == ["part-d0", "part-d1", "part-d3"]
+    else:
+        clean = pa.concat_tables(pq.read_table(f"{prefix}/clean/{p['part']}.parquet",
+                                               filesystem=fs) for p in manifest["parts"])
     cols = ["id", *[f"score_{n}" for n in LABELS.names]]
     assert sorted(zip(*(served.column(c).to_pylist() for c in cols))) == \
         sorted(zip(*(clean.column(c).to_pylist() for c in cols)))

@@ -1,6 +1,7 @@
 """The nightly output's commit protocol on local disk, on a real local Ray cluster: a crash at
 every step of a part's commit, changed inputs and models between runs, one writer per output,
-the quarantine gate through the CLI. Runs in-process (one cluster); crashes are faults.Crash."""
+the quarantine gate through the CLI; each for both output formats (Parquet parts, a Delta table).
+Runs in-process (one cluster); crashes are faults.Crash."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from deltalake import DeltaTable, write_deltalake
 from typer.testing import CliRunner
 
 import mlc_dist
@@ -23,6 +25,8 @@ from mlc_dist.cli import app
 from mlc_dist.config import JobConfigError, validate_job
 from mlc_dist.demo import generate
 from mlc_dist.labels import LabelSpace
+from mlc_dist.scoring import delta
+from mlc_dist.scoring.commit import AuditError, Output
 
 from ..conftest import export_tiny_model
 
@@ -44,6 +48,28 @@ def drop_file(path, rows, seed, nulls=0):
                                  pa.array([None] * nulls + texts[nulls:], pa.string()))
     pq.write_table(table, path)
     return path
+
+
+@pytest.fixture(params=["parquet", "delta"])
+def fmt(request):
+    return request.param
+
+
+def parts_on_disk(out, fmt) -> list[str]:
+    """The parts physically in the output: part files, or the Delta table's partitions."""
+    if fmt == "delta":
+        return sorted(delta.part_files(Output(str(out))))
+    return sorted(p.name[:-len(".parquet")] for p in out.glob("part-*.parquet"))
+
+
+def add_stray(out, fmt) -> None:
+    """Rows no record lists, as a killed run (or someone) leaves them: copies of part-d0's."""
+    if fmt == "delta":
+        rows = pq.read_table(next((out / "part=part-d0").glob("*.parquet")))
+        rows = rows.append_column("part", pa.array(["part-stray"] * rows.num_rows))
+        write_deltalake(str(out), rows, mode="append", partition_by=["part"])
+    else:
+        pq.write_table(pq.read_table(out / "part-d0.parquet"), out / "part-stray.parquet")
 
 
 def job(model_dir, inputs, output, **score):
@@ -81,7 +107,7 @@ def hook():
 
 
 def test_a_crash_at_every_commit_step_then_a_rerun_equals_a_clean_run(model_dir, tmp_path,
-                                                                      ray_cluster, hook):
+                                                                      ray_cluster, hook, fmt):
     faults = hook
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -89,7 +115,7 @@ def test_a_crash_at_every_commit_step_then_a_rerun_equals_a_clean_run(model_dir,
         drop_file(inputs / f"d{i}.parquet", rows, seed=40 + i, nulls=nulls)
     out = tmp_path / "out"
     # A 0.2 s lease: the crashed runs' leases (same live process) go stale before the rerun.
-    cfg = job(model_dir, inputs, out, lease_timeout_s=0.2)
+    cfg = job(model_dir, inputs, out, lease_timeout_s=0.2, output_format=fmt)
     # Each run crashes at the next step; the next run recovers from it and crashes further on.
     for step in ("temp_written", "quarantine_moved", "part_visible", "record_written",
                  "manifest_written", "before_success"):
@@ -103,14 +129,14 @@ def test_a_crash_at_every_commit_step_then_a_rerun_equals_a_clean_run(model_dir,
             mlc_dist.read_scores(str(out))
     hook.HOOK = None
     # A stray part no record lists (a file someone dropped there): never served, removed.
-    pq.write_table(pq.read_table(out / "part-d0.parquet"), out / "part-stray.parquet")
+    add_stray(out, fmt)
     summary = scoring.run(cfg)
     assert (summary["rows_in"], summary["rows_out"], summary["rows_quarantined"]) == (75, 72, 3)
-    assert summary["strays_removed"] == 1 and not (out / "part-stray.parquet").exists()
+    assert summary["strays_removed"] == 1
     recovered = mlc_dist.read_scores(str(out))
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert sorted(p.name for p in out.glob("part-*.parquet")) == \
-        sorted(f"{p['part']}.parquet" for p in manifest["parts"])
+    assert parts_on_disk(out, fmt) == sorted(p["part"] for p in manifest["parts"]) == \
+        ["part-d0", "part-d1", "part-d2"]
     assert os.listdir(out / "_tmp") == []  # the crashed runs' temp files are gone
     assert not (out / "_lease.json").exists()
     # Crash during --overwrite (after the manifest and records are gone), then --overwrite again.
@@ -127,31 +153,35 @@ def test_a_crash_at_every_commit_step_then_a_rerun_equals_a_clean_run(model_dir,
     fresh = mlc_dist.read_scores(str(out))
     assert recovered.num_rows == fresh.num_rows == 72
     assert id_scores(recovered) == id_scores(fresh)
+    if fmt == "delta":  # a plain Delta reader of the version the manifest publishes: the same
+        published = json.loads((out / "_manifest.json").read_text())["delta_version"]
+        assert id_scores(DeltaTable(str(out), version=published).to_pyarrow_table()) == \
+            id_scores(fresh)
     quarantined = pq.read_table(out / "_quarantine")
     assert sorted(quarantined.column("reason").to_pylist()) == ["null_text"] * 3
 
 
 def test_changed_inputs_are_rescored_withdrawn_dropped_new_scored(model_dir, tmp_path,
-                                                                  ray_cluster):
+                                                                  ray_cluster, fmt):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i, name in enumerate(["keep", "replace", "grow", "withdraw"]):
         drop_file(inputs / f"{name}.parquet", 12, seed=60 + i)
     out = tmp_path / "out"
-    scoring.run(job(model_dir, inputs, out))
-    keep_before = (out / "part-keep.parquet").stat().st_mtime_ns
+    scoring.run(job(model_dir, inputs, out, output_format=fmt))
+    keep_before = (out / "_manifest" / "part-keep.json").read_text()
     drop_file(inputs / "replace.parquet", 12, seed=70)  # same size in rows, other rows
     drop_file(inputs / "grow.parquet", 20, seed=62)  # the same first rows, and more
     os.remove(inputs / "withdraw.parquet")
     drop_file(inputs / "added.parquet", 9, seed=71)
-    summary = scoring.run(job(model_dir, inputs, out))
+    summary = scoring.run(job(model_dir, inputs, out, output_format=fmt))
     assert (summary["parts_committed"], summary["parts_skipped"], summary["parts_removed"],
             summary["parts_rescored"]) == (3, 1, 1, 2)
-    assert (out / "part-keep.parquet").stat().st_mtime_ns == keep_before
-    assert not (out / "part-withdraw.parquet").exists()
+    assert (out / "_manifest" / "part-keep.json").read_text() == keep_before  # not recommitted
+    assert parts_on_disk(out, fmt) == ["part-added", "part-grow", "part-keep", "part-replace"]
     table = mlc_dist.read_scores(str(out))
     clean_out = tmp_path / "clean"
-    scoring.run(job(model_dir, inputs, clean_out))
+    scoring.run(job(model_dir, inputs, clean_out, output_format=fmt))
     assert id_scores(table) == id_scores(mlc_dist.read_scores(str(clean_out)))
     assert sorted(table.column("id").to_pylist()) == \
         sorted(pq.read_table(inputs).column("id").to_pylist())
@@ -163,13 +193,28 @@ def test_changed_inputs_are_rescored_withdrawn_dropped_new_scored(model_dir, tmp
     config["do_lower_case"] = not config.get("do_lower_case", True)
     (other / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(JobConfigError, match="model id"):
-        scoring.run(job(other, inputs, out))
+        scoring.run(job(other, inputs, out, output_format=fmt))
     with pytest.raises(JobConfigError, match="model id"):
-        scoring.run(job(model_dir, inputs, out, precision="bf16"))
+        scoring.run(job(model_dir, inputs, out, precision="bf16", output_format=fmt))
     # Only another backend: the ONNX graph is part of the model's identity.
-    with pytest.raises(JobConfigError, match="model id"):
-        scoring.run(job(model_dir, inputs, out, backend="onnx"))
-    assert mlc_dist.read_scores(str(out)).num_rows == table.num_rows  # untouched
+    if fmt == "parquet":  # (the same check for both formats: once is enough)
+        with pytest.raises(JobConfigError, match="model id"):
+            scoring.run(job(model_dir, inputs, out, backend="onnx"))
+    # The other format on the same output: refused, never mixed.
+    other_fmt = {"parquet": "delta", "delta": "parquet"}[fmt]
+    with pytest.raises(JobConfigError, match=f"score.output_format {other_fmt}"):
+        scoring.run(job(model_dir, inputs, out, output_format=other_fmt))
+    assert id_scores(mlc_dist.read_scores(str(out))) == id_scores(table)  # untouched
+    if fmt == "delta":
+        # Rows written into the table behind the protocol's back: readers of the published
+        # version do not see them; the next run refuses the changed part (exit 3).
+        keep = pq.read_table(next((out / "part=part-keep").glob("*.parquet")))
+        write_deltalake(str(out), keep.append_column("part", pa.array(["part-keep"] *
+                                                                      keep.num_rows)),
+                        mode="append", partition_by=["part"])
+        assert id_scores(mlc_dist.read_scores(str(out))) == id_scores(table)
+        with pytest.raises(AuditError, match="part part-keep of the Delta table differs"):
+            scoring.run(job(model_dir, inputs, out, output_format=fmt))
 
 
 def test_an_input_changing_during_the_run_fails_it_with_exit_2(model_dir, tmp_path,
@@ -206,15 +251,15 @@ def _cli(job_file, *args, **env):
 
 
 def test_two_writers_one_wins_the_other_exits_2_and_overwrite_waits(model_dir, tmp_path,
-                                                                    ray_cluster):
+                                                                    ray_cluster, fmt):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(3):
         drop_file(inputs / f"d{i}.parquet", 40, seed=90 + i)
     out = tmp_path / "out"
     job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(job(model_dir, inputs, out).model_dump(
-        mode="json", exclude_defaults=True)))
+    job_file.write_text(yaml.safe_dump(job(model_dir, inputs, out, output_format=fmt)
+                                       .model_dump(mode="json", exclude_defaults=True)))
     first = _cli(job_file)
     try:
         deadline = time.monotonic() + 240
@@ -240,14 +285,14 @@ def test_two_writers_one_wins_the_other_exits_2_and_overwrite_waits(model_dir, t
 
 
 def test_the_quarantine_gate_exits_3_through_the_cli_without_success(model_dir, tmp_path,
-                                                                      ray_cluster):
+                                                                      ray_cluster, fmt):
     inputs = tmp_path / "in"
     inputs.mkdir()
     drop_file(inputs / "a.parquet", 10, seed=95, nulls=2)  # 2 of 10 quarantined
     out = tmp_path / "out"
     job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(job(model_dir, inputs, out).model_dump(
-        mode="json", exclude_defaults=True)))
+    job_file.write_text(yaml.safe_dump(job(model_dir, inputs, out, output_format=fmt)
+                                       .model_dump(mode="json", exclude_defaults=True)))
     gated = CliRunner().invoke(app, ["score", str(job_file), "--set",
                                      "score.max_quarantine_fraction=0.1"])
     assert gated.exit_code == 3, gated.output
