@@ -106,3 +106,33 @@ def spread_outputs(model, inputs: dict, std: float = 3.0) -> None:
         weight, bias = _output_layer(model)
         weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)).to(weight.dtype))
         bias.copy_(scale * (bias - logits.mean(0)))
+
+
+def spread_bert_export(directory: Path, texts: list[str]):
+    """(export dir, tokenized batch of `texts`, label space): a seeded, wide-initialised tiny BERT
+    whose scores over `texts` are spread out (spread_outputs), exported like training does."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from mlc_dist.artifacts import ModelMeta, save_export
+    from mlc_dist.config import ModelConfig
+    from mlc_dist.data import Tokenize, pad_batch, padding_of
+    from mlc_dist.labels import LabelSpace
+    from mlc_dist.models import build_model
+
+    from .conftest import build_tiny_bert
+
+    # A wide init: rows' states differ enough that spreading the scores amplifies no rounding.
+    torch.manual_seed(0)
+    tiny_bert = build_tiny_bert(directory / "bert", initializer_range=0.2)
+    space = LabelSpace.from_names(["a", "b", "c"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=tiny_bert), space)
+    batch = Tokenize(tiny_bert, 64, keep=[])({"text": np.array(texts)})
+    spread_outputs(model, {k: torch.from_numpy(v) for k, v in
+                           pad_batch(dict(batch), *padding_of(tokenizer)).items()})
+    save_export(str(directory / "model"), model, tokenizer,
+                ModelMeta(space, [0.5] * 3, "text", None, 64, tiny_bert))
+    return str(directory / "model"), batch, space

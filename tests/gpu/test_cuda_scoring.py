@@ -4,18 +4,11 @@ constant)."""
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
-from mlc_dist.artifacts import ModelMeta, save_export
-from mlc_dist.config import ModelConfig
-from mlc_dist.data import Tokenize, pad_batch, padding_of
-from mlc_dist.labels import LabelSpace
-from mlc_dist.models import build_model
 from mlc_dist.precision import native_bf16
 from mlc_dist.scoring import Scorer
 
-from ..conftest import build_tiny_bert
-from ..families import spread_outputs
+from ..families import spread_bert_export
 
 TEXTS = ["short", "a longer text here", "you are an idiot and a clown", "thanks for the references",
          "please stop the vandalism on this talk page or you will be blocked", "good point",
@@ -23,21 +16,10 @@ TEXTS = ["short", "a longer text here", "you are an idiot and a clown", "thanks 
 
 
 def test_bf16_scores_match_fp32_on_gpu(tmp_path):
-    # A wide init: rows' states differ enough that spreading the scores amplifies no rounding.
-    torch.manual_seed(0)
-    tiny_bert = build_tiny_bert(tmp_path / "bert", initializer_range=0.2)
-    space = LabelSpace.from_names(["a", "b", "c"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=tiny_bert), space)
-    batch = Tokenize(tiny_bert, 64, keep=[])({"text": np.array(TEXTS)})
-    spread_outputs(model, {k: torch.from_numpy(v) for k, v in
-                           pad_batch(dict(batch), *padding_of(tokenizer)).items()})
-    save_export(str(tmp_path / "model"), model, tokenizer,
-                ModelMeta(space, [0.5] * 3, "text", None, 64, tiny_bert))
-    fp32 = Scorer(str(tmp_path / "model"), [], precision="fp32")
-    bf16 = Scorer(str(tmp_path / "model"), [], precision="bf16")
-    auto = Scorer(str(tmp_path / "model"), [], precision="auto")
+    model_dir, batch, space = spread_bert_export(tmp_path, TEXTS)
+    fp32 = Scorer(model_dir, [], precision="fp32")
+    bf16 = Scorer(model_dir, [], precision="bf16")
+    auto = Scorer(model_dir, [], precision="auto")
     assert fp32.device.type == "cuda" and next(fp32.model.parameters()).is_cuda
     dtypes = lambda scorer: {p.dtype for p in scorer.model.parameters()}  # noqa: E731
     assert dtypes(fp32) == {torch.float32} and dtypes(bf16) == {torch.bfloat16}

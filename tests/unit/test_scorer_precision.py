@@ -4,35 +4,19 @@ tests/gpu/test_cuda_scoring.py."""
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
-from mlc_dist.artifacts import ModelMeta, save_export
-from mlc_dist.config import ModelConfig
-from mlc_dist.data import Tokenize, pad_batch, padding_of
-from mlc_dist.labels import LabelSpace
-from mlc_dist.models import build_model
 from mlc_dist.scoring import Scorer
 
-from ..conftest import build_tiny_bert
-from ..families import spread_outputs
+from ..families import spread_bert_export
 
 TEXTS = ["short", "a longer text here", "you are an idiot and a clown", "thanks for the references",
          "please stop the vandalism on this talk page or you will be blocked", "good point"]
 
 
 def test_bf16_casts_the_model_once_and_stays_near_fp32(tmp_path):
-    torch.manual_seed(0)
-    tiny_bert = build_tiny_bert(tmp_path / "bert", initializer_range=0.2)
-    space = LabelSpace.from_names(["a", "b", "c"])
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    model = build_model(ModelConfig(name=tiny_bert), space)
-    batch = Tokenize(tiny_bert, 64, keep=[])({"text": np.array(TEXTS)})
-    spread_outputs(model, {k: torch.from_numpy(v) for k, v in
-                           pad_batch(dict(batch), *padding_of(tokenizer)).items()})
-    save_export(str(tmp_path / "model"), model, tokenizer,
-                ModelMeta(space, [0.5] * 3, "text", None, 64, tiny_bert))
-    fp32 = Scorer(str(tmp_path / "model"), [], precision="fp32", batch_size=4)
-    bf16 = Scorer(str(tmp_path / "model"), [], precision="bf16", batch_size=4)
+    model_dir, batch, space = spread_bert_export(tmp_path, TEXTS)
+    fp32 = Scorer(model_dir, [], precision="fp32", batch_size=4)
+    bf16 = Scorer(model_dir, [], precision="bf16", batch_size=4)
     dtypes = lambda scorer: {p.dtype for p in scorer.model.parameters()}  # noqa: E731
     assert dtypes(fp32) == {torch.float32} and dtypes(bf16) == {torch.bfloat16}
     a, b = fp32(dict(batch)), bf16(dict(batch))
