@@ -37,6 +37,15 @@ def _user_error(exc: BaseException) -> BaseException | None:
 #: Exit codes: 0 done, 1 unexpected failure, 2 user/config/data error, 3 audit failed.
 EXIT_USER_ERROR, EXIT_AUDIT_FAILED = 2, 3
 
+#: Where results go. `main` points it at the real stdout and sends everything else printed to
+#: sys.stdout (Ray's "(raylet) ..." messages and the workers' prints land there) to stderr, so
+#: stdout holds nothing but the command's result: `mlc-dist score job.yaml | jq` always parses.
+_results = None
+
+
+def _echo(text: str, nl: bool = True) -> None:
+    typer.echo(text, nl=nl, file=_results)
+
 
 def _run(fn):
     from mlc_dist.scoring import AuditError
@@ -67,12 +76,12 @@ def train(job: JobArg, set_: SetOpt = None,
         if loaded.train.folds and loaded.train.fold is None:
             from mlc_dist.cv import cross_validate
 
-            typer.echo(json.dumps(cross_validate(loaded), indent=2))
+            _echo(json.dumps(cross_validate(loaded), indent=2))
             return
         from mlc_dist.train import fit
 
         summary = fit(loaded)
-        typer.echo(json.dumps(summary_keys(summary), indent=2) if as_json else
+        _echo(json.dumps(summary_keys(summary), indent=2) if as_json else
                    run_summary(summary))
 
     _run(go)
@@ -104,7 +113,7 @@ def score(job: JobArg, set_: SetOpt = None,
     from mlc_dist.config import load_job
     from mlc_dist.scoring import run
 
-    _run(lambda: typer.echo(json.dumps(run(load_job(job, set_), date=date, overwrite=overwrite),
+    _run(lambda: _echo(json.dumps(run(load_job(job, set_), date=date, overwrite=overwrite),
                                        indent=2)))
 
 
@@ -117,8 +126,8 @@ def evaluate(job: JobArg, set_: SetOpt = None):
     from mlc_dist.report import to_text
 
     summary = _run(lambda: run(load_job(job, set_)))
-    typer.echo(to_text(summary))
-    typer.echo(f"written to {summary['output']} (report: {summary['report']})")
+    _echo(to_text(summary))
+    _echo(f"written to {summary['output']} (report: {summary['report']})")
 
 
 @app.command()
@@ -130,9 +139,9 @@ def predict(model_dir: Annotated[str, typer.Argument(help="Exported model folder
     from mlc_dist.predict import predict_texts
 
     for text, labels in zip(texts, _run(lambda: predict_texts(model_dir, texts, pair))):
-        typer.echo(f"{text!r}")
+        _echo(f"{text!r}")
         for name, prob, on in labels[:top]:
-            typer.echo(f"  {'*' if on else ' '} {name:<24} {prob:.3f}")
+            _echo(f"  {'*' if on else ' '} {name:<24} {prob:.3f}")
 
 
 @app.command("export-onnx")
@@ -150,7 +159,7 @@ def export_onnx(model_dir: Annotated[str, typer.Argument(help="Exported model fo
             out["parity"] = parity.gate(parity.check_int8(model_dir, parity_sample), model_dir)
         return out
 
-    typer.echo(json.dumps(_run(go), indent=2))
+    _echo(json.dumps(_run(go), indent=2))
 
 
 @app.command("demo-data")
@@ -166,7 +175,7 @@ def demo_data(out: Annotated[str, typer.Argument(help="Output folder")],
     if kind not in _KINDS:
         raise typer.BadParameter(f"--kind must be one of {sorted(_KINDS)}")
     for name, path in write_demo_kind(out, kind, rows, seed).items():
-        typer.echo(f"{name}: {path}")
+        _echo(f"{name}: {path}")
 
 
 AddressOpt = Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://127.0.0.1:8265",
@@ -189,13 +198,13 @@ def submit(job: JobArg, address: AddressOpt, set_: SetOpt = None,
 
     submitted = _run(lambda: jobs_api.submit(job, address, set_ or [], command,
                                              submission_id=submission_id, date=date))
-    typer.echo(submitted.job_id)
+    _echo(submitted.job_id)
     if submitted.existing:
         typer.echo(f"job {submitted.job_id} already submitted ({submitted.existing}): "
                    "not submitted again", err=True)
     if follow:
-        final = jobs_api.follow(submitted.job_id, address)
-        typer.echo(f"job {submitted.job_id}: {final}")
+        final = jobs_api.follow(submitted.job_id, address, out=_results or sys.stdout)
+        _echo(f"job {submitted.job_id}: {final}")
         raise typer.Exit(0 if final == "SUCCEEDED" else 1)
 
 
@@ -208,7 +217,7 @@ JobIdArg = Annotated[str, typer.Argument(help="Ray job (submission) id")]
 def jobs_status(job_id: JobIdArg, address: AddressOpt):
     from mlc_dist import submit as jobs_api
 
-    typer.echo(json.dumps(jobs_api.info(job_id, address), indent=2))
+    _echo(json.dumps(jobs_api.info(job_id, address), indent=2))
 
 
 @jobs_app.command("logs")
@@ -217,15 +226,16 @@ def jobs_logs(job_id: JobIdArg, address: AddressOpt,
     from mlc_dist import submit as jobs_api
 
     if follow:
-        raise typer.Exit(0 if jobs_api.follow(job_id, address) == "SUCCEEDED" else 1)
-    typer.echo(jobs_api.logs(job_id, address), nl=False)
+        final = jobs_api.follow(job_id, address, out=_results or sys.stdout)
+        raise typer.Exit(0 if final == "SUCCEEDED" else 1)
+    _echo(jobs_api.logs(job_id, address), nl=False)
 
 
 @jobs_app.command("stop")
 def jobs_stop(job_id: JobIdArg, address: AddressOpt):
     from mlc_dist import submit as jobs_api
 
-    typer.echo("stopped" if jobs_api.stop(job_id, address) else "not running")
+    _echo("stopped" if jobs_api.stop(job_id, address) else "not running")
 
 
 @app.command()
@@ -242,7 +252,7 @@ def render(kind: Annotated[str, typer.Argument(help="rayjob | cronjob")], job: J
     """
     from mlc_dist.render import render as render_manifest
 
-    typer.echo(_run(lambda: render_manifest(kind, job, image, set_ or [], schedule)), nl=False)
+    _echo(_run(lambda: render_manifest(kind, job, image, set_ or [], schedule)), nl=False)
 
 
 @app.command()
@@ -258,8 +268,8 @@ def scale(job: JobArg, set_: SetOpt = None,
     def go():
         counts = [int(w) for w in workers.split(",") if w.strip()]
         result = sweep(load_job(job, set_), counts, steps, peak_tflops)
-        typer.echo(result["table"])
-        typer.echo(json.dumps({k: result[k] for k in ("csv", "md", "png")}))
+        _echo(result["table"])
+        _echo(json.dumps({k: result[k] for k in ("csv", "md", "png")}))
 
     _run(go)
 
@@ -277,7 +287,7 @@ def bench_train(job: Annotated[str, typer.Option(help="Job YAML (CSV/TSV train +
     from mlc_dist.bench import bench_train as run_bench
     from mlc_dist.config import load_job
 
-    _run(lambda: typer.echo(json.dumps(run_bench(load_job(job, set_), samples, val_rows))))
+    _run(lambda: _echo(json.dumps(run_bench(load_job(job, set_), samples, val_rows))))
 
 
 @bench_app.command("score")
@@ -297,7 +307,7 @@ def bench_score(rows: Annotated[int, typer.Option(
     the ONNX fp32/int8 and torch int8 bare loops against fp32."""
     from mlc_dist.bench_score import run_bench
 
-    typer.echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir,
+    _echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir,
                                                  files, backend))))
 
 
@@ -311,6 +321,8 @@ def main() -> None:
     args = sys.argv[1:]
     flags = [a for a in args if a in _VERBOSITY_FLAGS]
     logs.configure(min(_VERBOSITY_FLAGS[f] for f in flags) if flags else None)
+    global _results
+    _results, sys.stdout = sys.stdout, sys.stderr
     app(args=[a for a in args if a not in _VERBOSITY_FLAGS], prog_name="mlc-dist")
 
 

@@ -87,3 +87,33 @@ def tiny_bert_files(path):
     from pathlib import Path
 
     return [f for f in Path(path).iterdir() if f.is_file()]
+
+
+def test_stdout_carries_only_the_result_when_ray_prints_to_it(tmp_path):
+    """Ray prints its "(raylet) A worker died ..." messages and the workers' prints to the
+    driver's sys.stdout; a nightly script that parses `mlc-dist score`'s JSON must still get JSON."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "noisy.py"
+    script.write_text(
+        "import sys\n"
+        "from ray._private.worker import print_to_stdstream\n"
+        "from mlc_dist import cli\n"
+        "@cli.app.command('noisy')\n"
+        "def noisy():\n"
+        "    print_to_stdstream({'lines': ['A worker died or was killed'], 'pid': 'raylet',\n"
+        "                        'is_err': False}, ignore_prefix=False)\n"
+        "    print('a worker prints')\n"
+        "    cli._echo(cli.json.dumps({'parts_committed': 2}))\n"
+        "@cli.app.command('other')\n"
+        "def other():\n"
+        "    pass\n"
+        "sys.argv = ['mlc-dist', 'noisy']\n"
+        "cli.main()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"parts_committed": 2}
+    assert "A worker died or was killed" in done.stderr and "a worker prints" in done.stderr
