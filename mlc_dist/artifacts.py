@@ -41,6 +41,12 @@ class ModelMeta:
         """What the model's logits mean and which score_/pred_ columns they become."""
         return OutputSchema(self.label_space, self.head)
 
+    @property
+    def threshold_rules(self) -> dict | None:
+        """How each stored threshold was chosen (metrics.Thresholds.meta()); None for exports
+        made before thresholds had rules."""
+        return self.extra if "threshold_rules" in self.extra else None
+
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "labels": self.label_space.to_dict(),
                 "thresholds": self.thresholds, "text_column": self.text_column,

@@ -59,7 +59,8 @@ def run(job: JobConfig) -> dict:
     scored = score_dataset(job, ds, model_dir, meta.max_length, [data.LABELS],
                            job.evaluate.batch_size)
     labels, probs = collect(scored, meta.outputs.score_columns())
-    evaluation = metrics.report(labels, probs, meta.thresholds, names, job.train.threshold_beta)
+    evaluation = metrics.report(labels, probs, meta.thresholds, names, job.train.threshold_beta,
+                                meta.threshold_rules)
     summary = {**evaluation, "model": model_dir, "input": input_paths,
                "labels_file": job.evaluate.labels, "num_skipped_unscored": num_unscored}
     page = write_outputs(output, summary, labels, probs, f"evaluation of {model_dir}")

@@ -6,12 +6,15 @@ positive (or without a negative, for AUC) in the evaluated rows are undefined: N
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # scikit-learn is imported inside the functions that use it: it takes about a second to import,
 # and the scoring actors, which only threshold (predict), start that much sooner without it.
 
 THRESHOLD_STRATEGIES = ("per_label", "global", "fixed")
+THRESHOLD_FALLBACKS = ("global", "fixed")
 
 
 def per_label_auc(labels: np.ndarray, probs: np.ndarray) -> list[float | None]:
@@ -84,44 +87,90 @@ def summary(labels: np.ndarray, probs: np.ndarray, thresholds: float | np.ndarra
     return {"mean_auc": mean_auc(labels, probs), "micro_f1": f["micro"], "macro_f1": f["macro"]}
 
 
+@dataclass
+class Thresholds:
+    """Tuned decision thresholds, and how each came about (stored with the model, listed in
+    metrics.json and the report).
+
+    rules[j]: "tuned" (the label's own validation F-beta), "shrunk" (its own, pulled towards the
+    global threshold), "fallback_global" / "fallback_fixed" (fewer validation positives than
+    min_support: the global micro-F threshold / the fixed one), "global" or "fixed" (strategy).
+    """
+
+    values: list[float]
+    rules: list[str]
+    support: list[int]  # validation positives per label
+    global_value: float | None = None  # the one threshold with the best micro F-beta
+
+    def meta(self) -> dict:
+        """What an export's metadata keeps besides the values (ModelMeta.extra)."""
+        return {"threshold_rules": self.rules, "threshold_support": self.support}
+
+
 def tune_thresholds(labels: np.ndarray, probs: np.ndarray, strategy: str = "per_label",
-                    beta: float = 1.0, fixed: float = 0.5) -> list[float]:
+                    beta: float = 1.0, fixed: float = 0.5, min_support: int = 1,
+                    fallback: str = "global", shrinkage: float = 0.0) -> Thresholds:
     """Decision thresholds chosen on validation rows.
 
-    per_label: each label's threshold maximizes its own F-beta; global: one threshold for all
-    labels maximizes micro F-beta (micro F over a matrix is F over its flattened elements);
-    fixed: `fixed` everywhere. A label with no positive keeps `fixed` (nothing to tune on).
+    per_label: each label's threshold maximizes its own F-beta, if it has at least
+    `min_support` positives; otherwise it falls back to `fallback` (global: the micro-F
+    threshold below; fixed: `fixed`). With `shrinkage` k > 0 a label with n positives gets
+    (n * own + k * global) / (n + k): rare labels lean on the pooled estimate.
+    global: one threshold for all labels maximizes micro F-beta (micro F over a matrix is F
+    over its flattened elements). fixed: `fixed` everywhere.
+    A threshold sits halfway between the validation score it was chosen at and the next lower
+    one (same validation decisions; a new row between the two is not decided by where the
+    last positive happened to land).
     """
     if strategy not in THRESHOLD_STRATEGIES:
         raise ValueError(f"threshold strategy {strategy!r}: expected one of {THRESHOLD_STRATEGIES}")
+    if fallback not in THRESHOLD_FALLBACKS:
+        raise ValueError(f"threshold fallback {fallback!r}: expected one of {THRESHOLD_FALLBACKS}")
     num_labels = labels.shape[1]
-    if strategy == "fixed" or len(labels) == 0:
-        return [float(fixed)] * num_labels
+    support = [int(n) for n in labels.sum(axis=0)] if len(labels) else [0] * num_labels
+    if strategy == "fixed" or len(labels) == 0 or labels.sum() == 0:  # nothing to tune on
+        rule = "fixed" if strategy == "fixed" else "fallback_fixed"
+        return Thresholds([float(fixed)] * num_labels, [rule] * num_labels, support)
+    pooled = _best_threshold(labels.ravel(), probs.ravel(), beta)
     if strategy == "global":
-        return [_best_threshold(labels.ravel(), probs.ravel(), beta, fixed)] * num_labels
-    return [_best_threshold(labels[:, j], probs[:, j], beta, fixed) for j in range(num_labels)]
+        return Thresholds([pooled] * num_labels, ["global"] * num_labels, support, pooled)
+    values, rules = [], []
+    for j, n in enumerate(support):
+        if n < max(min_support, 1):
+            values.append(pooled if fallback == "global" else float(fixed))
+            rules.append(f"fallback_{fallback}")
+        elif shrinkage > 0:
+            own = _best_threshold(labels[:, j], probs[:, j], beta)
+            values.append(float((n * own + shrinkage * pooled) / (n + shrinkage)))
+            rules.append("shrunk")
+        else:
+            values.append(_best_threshold(labels[:, j], probs[:, j], beta))
+            rules.append("tuned")
+    return Thresholds(values, rules, support, pooled)
 
 
-def _best_threshold(y: np.ndarray, p: np.ndarray, beta: float, default: float) -> float:
-    from sklearn.metrics import precision_recall_curve
-
-    if y.sum() == 0:
-        return float(default)
-    # precision_recall_curve's thresholds are the distinct scores; predicting `p >= t` there.
-    precision, recall, thresholds = precision_recall_curve(y, p)
+def _best_threshold(y: np.ndarray, p: np.ndarray, beta: float) -> float:
+    """The F-beta-best cut for `p >= t` (y has a positive), halfway to the next lower score."""
+    order = np.argsort(-p, kind="stable")
+    scores, hits = p[order], y[order].astype(np.float64)
+    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # last row of each score
+    tp, fp, cut = np.cumsum(hits)[ends], np.cumsum(1 - hits)[ends], scores[ends]
     b2 = beta * beta
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.nan_to_num((1 + b2) * precision * recall / (b2 * precision + recall))
-    return float(thresholds[int(np.argmax(f[:-1]))])
+    f = (1 + b2) * tp / ((1 + b2) * tp + b2 * (hits.sum() - tp) + fp)
+    k = int(np.argmax(f))
+    lower = cut[k + 1] if k + 1 < len(cut) else 0.0
+    return float((cut[k] + lower) / 2)
 
 
 def report(labels: np.ndarray, probs: np.ndarray, thresholds: float | list[float] | np.ndarray,
-           names: list[str] | tuple[str, ...], beta: float = 1.0) -> dict:
+           names: list[str] | tuple[str, ...], beta: float = 1.0,
+           rules: dict | None = None) -> dict:
     """Everything an evaluation reports, at 0.5 and at `thresholds` side by side.
 
     `subset_accuracy` is the exact-match ratio (all labels of a row right); `hamming_loss` is
     the fraction of wrong label decisions. Per-element accuracy (1 - hamming_loss) is never
-    called "accuracy".
+    called "accuracy". `rules`: how each threshold was chosen (Thresholds.meta(), as the
+    export stores it); the labels that fell back are listed in `threshold_fallbacks`.
     """
     from sklearn.metrics import hamming_loss
 
@@ -141,10 +190,17 @@ def report(labels: np.ndarray, probs: np.ndarray, thresholds: float | list[float
     at_half = per_label(y_true, predict(probs, 0.5), probs)
     tuned = per_label(y_true, predict(probs, thresholds), probs)
     out["per_label"] = [
-        {"label": name, "threshold": float(thresholds[j]), "support": tuned["support"][j],
+        {"label": name, "threshold": float(thresholds[j]),
+         "threshold_rule": rules["threshold_rules"][j] if rules else None,
+         "support": tuned["support"][j],
          "auc": tuned["auc"][j], "precision": tuned["precision"][j], "recall": tuned["recall"][j],
          "f1": tuned["f1"][j], "f1_at_0.5": at_half["f1"][j], "confusion": tuned["confusion"][j]}
         for j, name in enumerate(names)]
+    out["threshold_fallbacks"] = [
+        {"label": name, "rule": rule, "threshold": float(thresholds[j]),
+         "validation_support": rules["threshold_support"][j]}
+        for j, (name, rule) in enumerate(zip(names, rules["threshold_rules"]))
+        if rule.startswith("fallback")] if rules else None
     return out
 
 

@@ -20,7 +20,14 @@ from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay  # no
 
 from mlc_dist import metrics  # noqa: E402
 
-TABLE_COLUMNS = ["label", "support", "threshold", "precision", "recall", "f1", "f1_at_0.5", "auc"]
+TABLE_COLUMNS = ["label", "support", "threshold", "threshold_rule", "precision", "recall", "f1",
+                 "f1_at_0.5", "auc"]
+#: What report pages and `evaluate` say about a threshold_rule (metrics.Thresholds).
+RULES_NOTE = ("threshold_rule: tuned = the label's own best validation F; shrunk = its own, pulled "
+              "towards the global threshold; fallback_global / fallback_fixed = too few "
+              "validation positives (train.threshold_min_support), so the micro-F threshold over "
+              "all labels / train.threshold; a threshold sits halfway between two validation "
+              "scores.")
 HEADLINE = ["num_rows", "mean_auc", "micro_f1", "micro_f1_tuned", "macro_f1", "macro_f1_tuned",
             "weighted_f1", "weighted_f1_tuned", "samples_f1", "samples_f1_tuned",
             "subset_accuracy", "subset_accuracy_tuned", "hamming_loss", "hamming_loss_tuned"]
@@ -55,7 +62,7 @@ def to_text(evaluation: dict) -> str:
                       "subset_accuracy_tuned", "hamming_loss_tuned"))
     return (f"{body}\n\n{head}\n(subset_accuracy = exact match of all labels of a row; "
             f"hamming_loss = fraction of wrong label decisions; '_tuned' = at the stored "
-            f"thresholds, else at 0.5)")
+            f"thresholds, else at 0.5)\n{RULES_NOTE}")
 
 
 def _duration(seconds: float) -> str:
@@ -207,7 +214,8 @@ def write_report(out_dir: str, title: str, evaluation: dict, labels: np.ndarray,
             f"</title></head><body><h1>{html.escape(title)}</h1>"
             "<p>subset_accuracy: exact match of every label of a row. hamming_loss: fraction of "
             "wrong label decisions. <i>_tuned</i>: at the per-label thresholds stored with the "
-            "model; otherwise at 0.5. n/a: undefined (no positives in these rows).</p>"
+            "model; otherwise at 0.5. n/a: undefined (no positives in these rows). "
+            f"{html.escape(RULES_NOTE)}</p>"
             f"<table border='1'>{headline}</table><h2>Per label</h2>{table}{figures}"
             "</body></html>")
     path = os.path.join(out_dir, "report.html")

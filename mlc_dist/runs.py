@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = {
     "train.num_checkpoints_to_keep", "train.checkpoint_metric", "train.checkpoint_mode",
     "train.log_every_steps", "train.max_failures", "train.throughput_warmup_steps",
     "train.threshold_strategy", "train.threshold", "train.threshold_beta",
+    "train.threshold_min_support", "train.threshold_fallback", "train.threshold_shrinkage",
 }
 RESUMABLE_SECTIONS = ("score.", "evaluate.")
 LENGTH_KEYS = ("train.max_steps", "train.epochs")

@@ -197,6 +197,8 @@ def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, final:
         "resumed_from": state.resumed_from,
         "model_dir": export_dir,
         "thresholds": thresholds,
+        # Labels whose threshold is not their own (too few validation positives): which, and why.
+        "threshold_fallbacks": evaluation["threshold_fallbacks"] if evaluation else None,
         "validation": evaluation,
     }
 
@@ -218,9 +220,11 @@ def fit(job: JobConfig) -> dict:
     resume.raise_if_resume_failed(out_dir)
     timing = {"wall": time.perf_counter() - started, "started_at": started_at}
     state, export_dir, val = export_checkpoint(result.checkpoint, out_dir)
-    thresholds = read_meta(export_dir).thresholds
+    meta = read_meta(export_dir)
+    thresholds = meta.thresholds
     evaluation = metrics.report(val["labels"], val["probs"], thresholds,
-                                prepared.label_space.names, job.train.threshold_beta) if val else None
+                                prepared.label_space.names, job.train.threshold_beta,
+                                meta.threshold_rules) if val else None
     summary = summarize(job, prepared, state, result.metrics, timing, export_dir, thresholds,
                         evaluation)
     storage.write_json(storage.join(out_dir, "metrics.json"), summary)

@@ -301,8 +301,12 @@ class Worker:
             figures = metrics.head_summary(self.outputs, labels, probs, self.meta.thresholds)
             return {f"val_{k}": v for k, v in figures.items()}
         # Identical on every rank (gathered arrays), so the exported thresholds agree.
-        self.meta.thresholds = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
-                                                       tcfg.threshold_beta, tcfg.threshold)
+        tuned = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
+                                        tcfg.threshold_beta, tcfg.threshold,
+                                        tcfg.threshold_min_support, tcfg.threshold_fallback,
+                                        tcfg.threshold_shrinkage)
+        self.meta.thresholds = tuned.values
+        self.meta.extra.update(tuned.meta())  # how each came about, stored with the model
         self.last_eval = {"probs": probs, "labels": labels}
         tuned = metrics.summary(labels, probs, np.asarray(self.meta.thresholds))
         return {**{f"val_{k}": v for k, v in metrics.summary(labels, probs, 0.5).items()},

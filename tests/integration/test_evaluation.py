@@ -17,11 +17,15 @@ from .helpers import demo_job
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+MIN_SUPPORT = 12
+
+
 @pytest.fixture(scope="module")
 def folds(tmp_path_factory, tiny_bert, ray_cluster):
     tmp = tmp_path_factory.mktemp("folds")
     job = demo_job(tmp, tiny_bert, rows=300, name="cv",
-                   train={"folds": 2, "max_steps": 4, "lr": 3e-3},
+                   train={"folds": 2, "max_steps": 4, "lr": 3e-3,
+                          "threshold_min_support": MIN_SUPPORT},
                    scaling={"num_workers": 1})
     return job, cv.cross_validate(job)
 
@@ -56,9 +60,17 @@ def test_training_tunes_exports_thresholds_and_writes_the_report(folds):
     # Every validation row evaluated exactly once (1 worker; test_pipeline checks 2).
     assert [row["support"] for row in val["per_label"]] == \
         summary["data"]["validation"]["positives"]
-    # Tuned on these very rows, so per-label F1 at the tuned threshold is never below 0.5's.
+    # A label with fewer validation positives than threshold_min_support takes the global
+    # threshold, and metrics.json lists it; the others are tuned on these very rows, so their F1
+    # at the tuned threshold is never below 0.5's.
+    positives = summary["data"]["validation"]["positives"]
+    rare = [n for n, p in zip(JIGSAW_LABELS, positives) if p < MIN_SUPPORT]
+    assert 0 < len(rare) < len(JIGSAW_LABELS), positives  # both rules exercised
+    assert [f["label"] for f in summary["threshold_fallbacks"]] == rare
+    assert len({f["threshold"] for f in summary["threshold_fallbacks"]}) == 1  # one global value
     for row in val["per_label"]:
-        if row["f1"] is not None:
+        assert row["threshold_rule"] == ("fallback_global" if row["label"] in rare else "tuned")
+        if row["label"] not in rare:
             assert row["f1"] >= row["f1_at_0.5"] - 1e-9, row
     assert val["macro_f1_tuned"] >= val["macro_f1"] - 1e-9
     assert summary["val_macro_f1_tuned"] == pytest.approx(val["macro_f1_tuned"])

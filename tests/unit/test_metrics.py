@@ -67,7 +67,7 @@ def test_all_zero_labels():
     assert out["mean_auc"] is None and out["macro_f1"] is None
     assert out["subset_accuracy"] == 1.0 and out["hamming_loss"] == 0.0
     assert all(r["f1"] is None and r["auc"] is None for r in out["per_label"])
-    assert metrics.tune_thresholds(labels, probs) == [0.5, 0.5, 0.5]
+    assert metrics.tune_thresholds(labels, probs).values == [0.5, 0.5, 0.5]
 
 
 def test_perfect_and_inverted_predictions():
@@ -88,24 +88,85 @@ def test_per_label_thresholds_beat_one_half_when_the_best_is_elsewhere():
     labels = (rng.random((400, 2)) < 0.3).astype(np.int8)
     probs = np.stack([0.1 + 0.2 * labels[:, 0] + 0.1 * rng.random(400),
                       0.6 + 0.2 * labels[:, 1] + 0.1 * rng.random(400)], axis=1)
-    tuned = metrics.tune_thresholds(labels, probs, "per_label")
+    tuned = metrics.tune_thresholds(labels, probs, "per_label").values
     assert 0.2 < tuned[0] <= 0.4 and 0.7 < tuned[1] <= 0.9
     at_half = metrics.summary(labels, probs, 0.5)["macro_f1"]
     assert metrics.summary(labels, probs, np.array(tuned))["macro_f1"] == 1.0
     assert at_half < 0.5
     # One global threshold cannot fit both; it still maximizes micro F1 over the grid of scores.
-    (g, g2) = metrics.tune_thresholds(labels, probs, "global")
+    (g, g2) = metrics.tune_thresholds(labels, probs, "global").values
     assert g == g2
     best_micro = metrics.summary(labels, probs, g)["micro_f1"]
     for t in np.linspace(0.05, 0.95, 91):
         assert metrics.summary(labels, probs, t)["micro_f1"] <= best_micro + 1e-12
-    assert metrics.tune_thresholds(labels, probs, "fixed", fixed=0.3) == [0.3, 0.3]
+    assert metrics.tune_thresholds(labels, probs, "fixed", fixed=0.3).values == [0.3, 0.3]
     with pytest.raises(ValueError, match="threshold strategy"):
         metrics.tune_thresholds(labels, probs, "best")
 
 
 def test_f2_tuning_favours_recall():
     labels, probs = _random(3)
-    f1_t = np.array(metrics.tune_thresholds(labels, probs, beta=1.0))
-    f2_t = np.array(metrics.tune_thresholds(labels, probs, beta=2.0))
+    f1_t = np.array(metrics.tune_thresholds(labels, probs, beta=1.0).values)
+    f2_t = np.array(metrics.tune_thresholds(labels, probs, beta=2.0).values)
     assert np.all(f2_t <= f1_t) and np.any(f2_t < f1_t)
+
+
+def test_a_threshold_sits_halfway_between_two_validation_scores():
+    # Positives score 0.9, 0.8, 0.7; negatives 0.6, 0.3, 0.1: every cut in (0.6, 0.7] is
+    # perfect. The midpoint 0.65 keeps the same validation decisions; 0.7 (the score itself)
+    # would call a new positive at 0.69 negative.
+    labels = np.array([[1], [1], [1], [0], [0], [0]], np.int8)
+    probs = np.array([[0.9], [0.8], [0.7], [0.6], [0.3], [0.1]])
+    tuned = metrics.tune_thresholds(labels, probs)
+    assert tuned.values == [pytest.approx(0.65)] and tuned.rules == ["tuned"]
+    # The lowest score chosen (all positive): halfway to 0.
+    assert metrics.tune_thresholds(np.ones((3, 1), np.int8), probs[:3]).values == \
+        [pytest.approx(0.35)]
+    # Ties: the cut sits below the tied scores, above the next lower one.
+    tied = np.array([[0.8], [0.8], [0.8], [0.5], [0.2], [0.2]])
+    assert metrics.tune_thresholds(labels, tied).values == [pytest.approx(0.65)]
+
+
+def _rare_and_common(seed=0):
+    """Label 0: 200 positives, clean separation around 0.4; label 1: 5 positives that happen to
+    score low (a threshold of their own lands near 0.05)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((1000, 2), np.int8)
+    labels[:200, 0] = 1
+    labels[:5, 1] = 1
+    probs = np.empty((1000, 2))
+    probs[:, 0] = np.where(labels[:, 0] == 1, 0.45 + 0.5 * rng.random(1000),
+                           0.35 * rng.random(1000))
+    probs[:, 1] = 0.3 * rng.random(1000)
+    probs[:5, 1] = [0.05, 0.06, 0.07, 0.31, 0.32]
+    return labels, probs
+
+
+def test_labels_below_min_support_fall_back_to_the_global_threshold():
+    labels, probs = _rare_and_common()
+    own = metrics.tune_thresholds(labels, probs)  # min_support 1: every label its own
+    assert own.rules == ["tuned", "tuned"]
+    pooled = metrics.tune_thresholds(labels, probs, "global").values[0]
+    tuned = metrics.tune_thresholds(labels, probs, min_support=30)
+    assert tuned.rules == ["tuned", "fallback_global"] and tuned.support == [200, 5]
+    assert tuned.values == [own.values[0], pooled] and tuned.global_value == pooled
+    assert own.values[1] != pooled
+    fixed = metrics.tune_thresholds(labels, probs, min_support=30, fallback="fixed", fixed=0.4)
+    assert fixed.values == [own.values[0], 0.4] and fixed.rules == ["tuned", "fallback_fixed"]
+    with pytest.raises(ValueError, match="threshold fallback"):
+        metrics.tune_thresholds(labels, probs, fallback="median")
+    # The report lists the fallbacks with the support they were decided on.
+    out = metrics.report(labels, probs, tuned.values, ["common", "rare"], rules=tuned.meta())
+    assert out["threshold_fallbacks"] == [{"label": "rare", "rule": "fallback_global",
+                                           "threshold": pooled, "validation_support": 5}]
+    assert [r["threshold_rule"] for r in out["per_label"]] == ["tuned", "fallback_global"]
+
+
+def test_shrinkage_pulls_a_label_towards_the_global_threshold_by_its_support():
+    labels, probs = _rare_and_common()
+    own = metrics.tune_thresholds(labels, probs).values
+    pooled = metrics.tune_thresholds(labels, probs, "global").values[0]
+    shrunk = metrics.tune_thresholds(labels, probs, shrinkage=10.0)
+    assert shrunk.rules == ["shrunk", "shrunk"]
+    assert shrunk.values == [pytest.approx((200 * own[0] + 10 * pooled) / 210),
+                             pytest.approx((5 * own[1] + 10 * pooled) / 15)]

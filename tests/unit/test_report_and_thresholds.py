@@ -19,8 +19,8 @@ def evaluated():
     rng = np.random.default_rng(0)
     labels = (rng.random((200, 4)) < [0.3, 0.15, 0.0, 0.2]).astype(np.int8)  # threat: none
     probs = np.clip(labels * 0.4 + rng.random(labels.shape) * 0.6, 0, 1)
-    thresholds = metrics.tune_thresholds(labels, probs)
-    return labels, probs, metrics.report(labels, probs, thresholds, NAMES)
+    tuned = metrics.tune_thresholds(labels, probs, min_support=35)  # obscene: ~30, falls back
+    return labels, probs, metrics.report(labels, probs, tuned.values, NAMES, rules=tuned.meta())
 
 
 def test_report_writes_valid_pngs_and_html(tmp_path, evaluated):
@@ -59,6 +59,13 @@ def test_tables_one_row_per_label(evaluated):
     assert "n/a" in threat  # no positives: undefined, not 0
     text = report.to_text(evaluation)
     assert "macro_f1=" in text and "macro_f1_tuned=" in text and "subset_accuracy" in text
+    # Each threshold's rule is in the table: obscene (about 30 positives < 35) fell back to the
+    # global threshold, threat (none) too; the others are their own.
+    rules = dict(zip(frame["label"], frame["threshold_rule"]))
+    assert rules == {"toxic": "tuned", "obscene": "fallback_global", "threat": "fallback_global",
+                     "insult": "tuned"}
+    assert [f["label"] for f in evaluation["threshold_fallbacks"]] == ["obscene", "threat"]
+    assert "fallback_global" in threat and "fallback_global" in text
 
 
 def test_stored_thresholds_change_scorer_predictions(tmp_path, tiny_bert):
