@@ -90,7 +90,8 @@ def train(job: JobArg, set_: SetOpt = None,
 def summary_keys(summary: dict) -> dict:
     # Validation keys differ by head (multi-category labels report category accuracy).
     return {k: v for k, v in summary.items() if k.startswith("val_") or k in (
-        "steps", "train_samples_per_s", "wall_time_s", "model_dir", "report")}
+        "steps", "exported_step", "stopped_early_at", "train_samples_per_s", "wall_time_s",
+        "model_dir", "report")}
 
 
 @app.command()

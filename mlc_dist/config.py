@@ -143,9 +143,14 @@ class TrainConfig(_Section):
     eval_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     checkpoint_every_steps: int | None = Field(None, ge=1)  # besides every epoch
     num_checkpoints_to_keep: int = Field(2, ge=1)
-    # Keep the best checkpoints by this reported metric (e.g. val_mean_auc); unset keeps the latest.
+    # Keep the best checkpoints by this reported metric (e.g. val_mean_auc) and export the best
+    # evaluated one to model/ (metrics.json: exported_step, selection); unset exports the latest.
     checkpoint_metric: str | None = Field(None, pattern=r"^(val_[a-z0-9_]+|step)$")
     checkpoint_mode: Literal["max", "min"] = "max"
+    # Stop after this many evaluations in a row (eval_every_steps ones and epoch ends) bring no
+    # improvement of checkpoint_metric on its best so far by more than early_stopping_min_delta.
+    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint; -1: forever
     log_every_steps: int = Field(20, ge=1)
     # Sort rows by length inside a window of several batches, then shuffle those batches:
@@ -174,6 +179,13 @@ class TrainConfig(_Section):
         if self.fold is not None and (not self.folds or self.fold >= self.folds):
             raise ValueError(f"train.fold ({self.fold}) needs train.folds greater than it "
                              f"(got {self.folds})")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_a_metric(self) -> "TrainConfig":
+        if self.early_stopping_patience is not None and not self.checkpoint_metric:
+            raise ValueError("train.early_stopping_patience needs train.checkpoint_metric (the "
+                             "figure it waits to improve)")
         return self
 
 

@@ -77,9 +77,13 @@ def run_summary(summary: dict) -> str:
         ("val_macro_f1_tuned", "macro F1 (tuned)"), ("val_category_accuracy", "category accuracy"))
         if summary.get(key) is not None]
     run_dir = os.path.dirname(summary["model_dir"])
-    lines = [f"trained {summary['steps']} steps in {_duration(summary['wall_time_s'])} "
+    stopped = " (early stopping)" if summary.get("stopped_early_at") is not None else ""
+    selection = summary.get("selection")
+    chosen = (f" (step {selection['step']}: best {selection['metric']} "
+              f"{selection['value']:.4g})" if selection else "")
+    lines = [f"trained {summary['steps']} steps{stopped} in {_duration(summary['wall_time_s'])} "
              f"({summary['train_samples_per_s']:.1f} samples/s)",
-             f"validation: {', '.join(figures) or 'no figures'}",
+             f"validation{chosen}: {', '.join(figures) or 'no figures'}",
              f"model:   {summary['model_dir']}",
              f"metrics: {os.path.join(run_dir, 'metrics.json')}"]
     if summary.get("report"):

@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = {
     "run.name", "run.output_dir",
     "train.epochs", "train.max_steps", "train.eval_every_steps", "train.checkpoint_every_steps",
     "train.num_checkpoints_to_keep", "train.checkpoint_metric", "train.checkpoint_mode",
+    "train.early_stopping_patience", "train.early_stopping_min_delta",
     "train.log_every_steps", "train.max_failures", "train.throughput_warmup_steps",
     "train.threshold_strategy", "train.threshold", "train.threshold_beta",
     "train.threshold_min_support", "train.threshold_fallback", "train.threshold_shrinkage",

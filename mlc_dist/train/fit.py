@@ -6,6 +6,7 @@ Owns the driver side of a training run only; what each worker does is worker.py'
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import os
@@ -29,9 +30,14 @@ from mlc_dist.train.worker import STATE_FILE, VAL_FILE, train_loop_per_worker
 log = logging.getLogger(__name__)
 
 
+def batches_per_epoch(job: JobConfig, num_rows: int) -> int:
+    """Micro-batches each worker trains per epoch: an equal share of rows (Ray's equal split)."""
+    return math.ceil((num_rows // job.scaling.num_workers) / job.train.batch_size_per_worker)
+
+
 def count_training_steps(job: JobConfig, num_rows: int) -> int:
-    """Optimizer steps: per epoch each worker sees an equal share of rows (Ray's equal split)."""
-    batches = math.ceil((num_rows // job.scaling.num_workers) / job.train.batch_size_per_worker)
+    """Optimizer steps over the run: epochs of batches_per_epoch, or max_steps when fewer."""
+    batches = batches_per_epoch(job, num_rows)
     per_epoch = max(1, math.ceil(batches / job.train.grad_accum_steps))
     total = per_epoch * job.train.epochs
     return min(total, job.train.max_steps) if job.train.max_steps else total
@@ -75,6 +81,7 @@ class Inputs:
     tokenizer_path: str | None
     datasets: dict
     num_steps: int
+    batches_per_epoch: int
     pos_weight: list[float] | None
     output_bias: list[float] | None
 
@@ -95,7 +102,8 @@ def prepare_inputs(job: JobConfig) -> Inputs:
     bias = prior_bias(OutputSchema(prepared.label_space, job.model.head),
                       prepared.train_stats.positives, prepared.train_stats.num_rows,
                       pos_weight) if t.output_bias_init == "prior" else None
-    return Inputs(prepared, tokenizer_path, datasets, num_steps, pos_weight, bias)
+    return Inputs(prepared, tokenizer_path, datasets, num_steps,
+                  batches_per_epoch(job, prepared.train_stats.num_rows), pos_weight, bias)
 
 
 def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
@@ -120,6 +128,7 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
             "job": job.model_dump(),
             "label_space": inputs.prepared.label_space.to_dict(),
             "num_training_steps": inputs.num_steps,
+            "batches_per_epoch": inputs.batches_per_epoch,
             "tokenizer_path": inputs.tokenizer_path,
             "pos_weight": inputs.pos_weight,
             "output_bias": inputs.output_bias,
@@ -165,18 +174,57 @@ def export_checkpoint(checkpoint, run_dir: str) -> tuple[TrainState, str, dict |
     return state, export_dir, val
 
 
+def read_state(checkpoint) -> TrainState:
+    """A checkpoint's TrainState, reading that one file only (not the weights)."""
+    state = TrainState()
+    path = checkpoint.path.rstrip("/") + "/" + STATE_FILE
+    with checkpoint.filesystem.open_input_file(path) as f:
+        state.load_state_dict(torch.load(io.BytesIO(f.read()), weights_only=True))
+    return state
+
+
+def select_checkpoint(result, tcfg) -> tuple:
+    """The checkpoint to export and the metrics it was reported with, and the selection made:
+    with train.checkpoint_metric, the evaluated checkpoint with the best value of it (the earliest
+    of equals; NaN and checkpoint-only reports never), else the latest."""
+    metric, mode = tcfg.checkpoint_metric, tcfg.checkpoint_mode
+    if not metric:
+        return result.checkpoint, result.metrics, None
+
+    def value(metrics: dict) -> float:
+        v = metrics.get(metric)
+        evaluated = any(k.startswith("val_") for k in metrics)
+        return float(v) if evaluated and isinstance(v, (int, float)) else math.nan
+
+    scored = [(c, m) for c, m in result.best_checkpoints or [] if not math.isnan(value(m))]
+    if not scored:
+        log.warning("no evaluated checkpoint reported %s: exporting the latest", metric)
+        return result.checkpoint, result.metrics, None
+    sign = -1 if mode == "max" else 1
+    checkpoint, metrics = min(scored, key=lambda cm: (sign * value(cm[1]), cm[1].get("step", 0)))
+    return checkpoint, metrics, {"metric": metric, "mode": mode, "value": value(metrics),
+                                 "step": metrics.get("step")}
+
+
 def _per_s(amount: float, seconds: float | None) -> float | None:
     return amount / seconds if seconds else None
 
 
-def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, final: dict,
-              timing: dict, export_dir: str, thresholds: list[float],
-              evaluation: dict | None) -> dict:
-    """metrics.json: final val_* figures, throughput, data statistics and the history."""
+def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, exported: TrainState,
+              final: dict, timing: dict, export_dir: str, thresholds: list[float],
+              evaluation: dict | None, selection: dict | None, per_epoch: int) -> dict:
+    """metrics.json: the exported checkpoint's val_* figures, thresholds and evaluation (`final`:
+    what it was reported with; `exported`: its TrainState); the run's length, throughput and
+    history from its latest TrainState (`state`); data statistics."""
     return {
         **{k: v for k, v in final.items() if k.startswith("val_")},
-        "steps": state.global_step,
+        "steps": state.global_step,  # trained (the latest checkpoint's step)
+        "last_step": state.global_step,
+        "exported_step": exported.global_step,  # where model/ comes from
+        "selection": selection,  # {metric, mode, value, step} by train.checkpoint_metric, or None
+        "stopped_early_at": state.stopped_early_at,
         "epochs_completed": state.epoch,
+        "epochs_trained": state.epoch + state.batches_done / max(per_epoch, 1),
         "train_samples": state.train_samples,
         "train_samples_per_s": state.train_samples / max(state.train_time_s, 1e-9),
         "train_tokens_per_s": state.train_tokens / max(state.train_time_s, 1e-9),
@@ -219,21 +267,29 @@ def fit(job: JobConfig) -> dict:
         result = build_trainer(job, inputs, sink).fit()
     resume.raise_if_resume_failed(out_dir)
     timing = {"wall": time.perf_counter() - started, "started_at": started_at}
-    state, export_dir, val = export_checkpoint(result.checkpoint, out_dir)
+    checkpoint, final, selection = select_checkpoint(result, job.train)
+    exported, export_dir, val = export_checkpoint(checkpoint, out_dir)
+    state = exported if checkpoint.path == result.checkpoint.path else read_state(
+        result.checkpoint)
+    if selection:
+        log.info("exported the checkpoint of step %d (%s %s=%.6g) of %d steps trained",
+                 exported.global_step, selection["mode"], selection["metric"],
+                 selection["value"], state.global_step)
     meta = read_meta(export_dir)
     thresholds = meta.thresholds
     evaluation = metrics.report(val["labels"], val["probs"], thresholds,
                                 prepared.label_space.names, job.train.threshold_beta,
                                 meta.threshold_rules) if val else None
-    summary = summarize(job, prepared, state, result.metrics, timing, export_dir, thresholds,
-                        evaluation)
+    summary = summarize(job, prepared, state, exported, final, timing, export_dir, thresholds,
+                        evaluation, selection, inputs.batches_per_epoch)
     storage.write_json(storage.join(out_dir, "metrics.json"), summary)
     if val is None:
         return summary
     from mlc_dist.report import write_report
 
     with tempfile.TemporaryDirectory() as local:
-        page = write_report(local, f"{job.run.name}: validation", evaluation, val["labels"],
+        page = write_report(local, f"{job.run.name}: validation (step {exported.global_step})",
+                            evaluation, val["labels"],
                             val["probs"], {"train": prepared.train_stats.positives,
                                            "validation": prepared.validation_stats.positives},
                             state.history)

@@ -28,6 +28,13 @@ class TrainState:
     resumed_from: list[int] = field(default_factory=list)  # steps this run restarted from
     worker_nodes: list[str] = field(default_factory=list)  # Ray node id per rank (latest attempt)
     engine: dict = field(default_factory=dict)  # what wrapped the model (latest attempt)
+    # Model selection (train.checkpoint_metric): its best evaluation so far ({metric, mode, value,
+    # step}), the evaluations since that did not improve on it, and where early stopping ended
+    # the run; saved so that a resumed run keeps counting.
+    best: dict | None = None
+    evals_since_best: int = 0
+    last_eval_step: int | None = None  # an evaluation of the same weights again does not count
+    stopped_early_at: int | None = None
     # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
     loop_start_time: float | None = None
     first_step_time: float | None = None

@@ -158,6 +158,9 @@ class Worker:
             with torch.no_grad():
                 output_bias(model).copy_(torch.tensor(config["output_bias"]))
         self.total_steps = config["num_training_steps"]
+        # Micro-batches per epoch on each rank (fit.batches_per_epoch): where an epoch ends when
+        # the run's final step lands on its last batch.
+        self.batches_per_epoch = config.get("batches_per_epoch")
         self.validation_stats = config.get("validation_stats")  # rows and positives, to check
         self.engine = strategy.prepare(model, job.train, self.total_steps,
                                        job.deepspeed_config() if job.train.strategy == "deepspeed"
@@ -176,6 +179,7 @@ class Worker:
         self.num_reports = 0
         self._loss_sum, self._loss_count, self._sent_at, self._tokens = 0.0, 0, 0.0, 0
         self.clock: StepClock | None = None  # the train loop's, once it runs
+        self._timed_from: float | None = None  # train_time_s counts from here (None: paused)
 
     def resume(self) -> None:
         """Load the latest checkpoint Ray hands this attempt (or an older one, when it does not
@@ -202,6 +206,8 @@ class Worker:
             restore_rng(rng)
         state = self.state
         state.resumed_from.append(state.global_step)
+        if not self.patience_spent():  # a rerun with more patience (or none) trains on
+            state.stopped_early_at = None
         if self.rank == 0:
             log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state.global_step,
                      state.epoch, state.batches_done)
@@ -248,6 +254,62 @@ class Worker:
             return False
         state.global_step += 1
         return True
+
+    def at_epoch_end(self) -> bool:
+        """This epoch's last micro-batch is trained (its end_epoch() not yet run)."""
+        return bool(self.batches_per_epoch) and self.state.batches_done >= self.batches_per_epoch
+
+    def finished(self) -> bool:
+        s, tcfg = self.state, self.job.train
+        return (s.epoch >= tcfg.epochs or s.global_step >= self.total_steps
+                or s.stopped_early_at is not None)
+
+    def start_timing(self) -> None:
+        self._timed_from = time.perf_counter()
+
+    def count_time(self, pause: bool = False) -> None:
+        """Add the time since the last count to train_time_s: the epoch loop's time, its
+        mid-epoch evaluations and checkpoints included, the epoch-end evaluation not (`pause`
+        at the loop's end). Counted at every checkpoint, so each one holds the time so far."""
+        if self._timed_from is None:
+            return
+        now = time.perf_counter()
+        self.state.train_time_s += now - self._timed_from
+        self._timed_from = None if pause else now
+
+    def patience_spent(self) -> bool:
+        patience = self.job.train.early_stopping_patience
+        return bool(patience) and self.state.evals_since_best >= patience
+
+    def track_best(self, figures: dict) -> None:
+        """Model selection and early stopping: is this evaluation the best of checkpoint_metric
+        so far (by more than early_stopping_min_delta)? Otherwise one more without improvement;
+        `patience` of those in a row stop the run."""
+        tcfg, state = self.job.train, self.state
+        metric, mode = tcfg.checkpoint_metric, tcfg.checkpoint_mode
+        if not metric or state.last_eval_step == state.global_step:
+            return  # nothing to select by; or the same weights evaluated again
+        state.last_eval_step = state.global_step
+        value = {**figures, "step": state.global_step, "epoch": state.epoch}.get(metric)
+        value = float(value) if isinstance(value, (int, float)) else math.nan
+        best = state.best
+        if best is not None and (best["metric"], best["mode"]) != (metric, mode):
+            best, state.evals_since_best = None, 0  # a rerun that selects by something else
+        delta = tcfg.early_stopping_min_delta
+        if not math.isnan(value) and (best is None or (
+                value > best["value"] + delta if mode == "max" else value < best["value"] - delta)):
+            state.best = {"metric": metric, "mode": mode, "value": value,
+                          "step": state.global_step}
+            state.evals_since_best = 0
+            return
+        state.evals_since_best += 1
+        if self.patience_spent() and state.stopped_early_at is None:
+            state.stopped_early_at = state.global_step
+            if self.rank == 0:
+                log.info("early stopping at step %d: %s has not improved on %s (step %s) in %d "
+                         "evaluations", state.global_step, metric,
+                         best and f"{best['value']:.6g}", best and best["step"],
+                         state.evals_since_best)
 
     def end_epoch(self) -> None:
         if self.engine.step(flush=True):  # a partial accumulation window at the epoch's end
@@ -320,6 +382,7 @@ class Worker:
         self.num_reports += 1
         if eval_metrics:
             state.history.append({"step": state.global_step, **eval_metrics})
+            self.track_best(eval_metrics)  # before the checkpoint, which saves its counters
             self.send_progress(force=True, **{k: v for k, v in eval_metrics.items()
                                               if isinstance(v, (int, float))})
         directory = self.save_checkpoint(self.last_eval if eval_metrics else None)
@@ -332,6 +395,8 @@ class Worker:
 
     def save_checkpoint(self, val_arrays: dict | None) -> str:
         self.sync_counters()
+        self.count_time()
+        self.meta.extra["step"] = self.state.global_step  # the export says where it came from
         directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
         weights = self.engine.export_state_dict()  # every rank: ZeRO-3 gathers shards to rank 0
         if self.rank == 0:
@@ -357,8 +422,8 @@ def train_loop_per_worker(config: dict) -> None:
     state, tcfg = w.state, w.job.train
     clock = w.clock = StepClock(state, tcfg.throughput_warmup_steps)
     w.engine.model.train()
-    while state.epoch < tcfg.epochs and state.global_step < w.total_steps:
-        start = time.perf_counter()
+    while not w.finished():
+        w.start_timing()
         clock.epoch_start()
         for batch in w.batches():
             if not w.train_step(batch):
@@ -369,13 +434,20 @@ def train_loop_per_worker(config: dict) -> None:
             w.log_step()
             if step >= w.total_steps:
                 break
+            if w.at_epoch_end():
+                continue  # the epoch-end evaluation and checkpoint follow
             if tcfg.eval_every_steps and step % tcfg.eval_every_steps == 0:
                 w.report(w.validate())
+                if state.stopped_early_at is not None:
+                    break  # that evaluation's checkpoint is the run's last
             elif tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
                 w.report({})
         else:
             w.end_epoch()
-        state.train_time_s += time.perf_counter() - start
-        w.report(w.validate())
+        if w.at_epoch_end():  # the run's final step was the epoch's last batch
+            w.end_epoch()
+        w.count_time(pause=True)
+        if state.stopped_early_at is None:
+            w.report(w.validate())
     if not w.num_reports:  # a rerun of a finished run: report its final state again
         w.report(w.validate())

@@ -44,6 +44,12 @@ def test_default_stage_is_2():
     ({"strategy": "deepspeed"}, {"deepspeed": {"optimizer": {"type": "Adam"}}},
      ["deepspeed.optimizer", "train.lr"]),
     ({"checkpoint_metric": "mean_auc"}, {}, ["train.checkpoint_metric"]),
+    ({"early_stopping_patience": 3}, {},
+     ["train.early_stopping_patience", "train.checkpoint_metric"]),
+    ({"early_stopping_patience": 0, "checkpoint_metric": "val_mean_auc"}, {},
+     ["train.early_stopping_patience"]),
+    ({"early_stopping_patience": 2, "checkpoint_metric": "step",
+      "early_stopping_min_delta": -0.1}, {}, ["train.early_stopping_min_delta"]),
     ({"max_failures": -2}, {}, ["train.max_failures"]),
 ])
 def test_bad_config_names_the_key(train, extra, words):
@@ -52,6 +58,11 @@ def test_bad_config_names_the_key(train, extra, words):
     for word in words:
         assert word in str(err.value), str(err.value)
     assert "job.yaml" in str(err.value)
+
+
+def test_early_stopping_with_a_metric_is_valid():
+    t = _job({"checkpoint_metric": "val_mean_auc", "early_stopping_patience": 2}).train
+    assert t.early_stopping_patience == 2 and t.early_stopping_min_delta == 0.0
 
 
 def test_load_job_overrides_reach_the_deepspeed_check(tmp_path):
