@@ -36,8 +36,10 @@ def configured_template(cfg) -> str | None:
 
 
 def is_resolved(cfg) -> bool:
+    """Resolved: the template is the text column's name and has no `{sep}` left."""
     return (cfg.text_template is not None and not cfg.text_columns
-            and cfg.text_column == cfg.text_template)
+            and cfg.text_column == cfg.text_template
+            and SEP not in template_fields(cfg.text_template))
 
 
 def needs_separator(cfg) -> bool:
@@ -86,7 +88,7 @@ def template_of(cfg) -> str | None:
     template = cfg.text_template
     if template is None and not getattr(cfg, "text_columns", None):
         return None
-    if getattr(cfg, "text_columns", None) or cfg.text_column != template:
+    if not is_resolved(cfg):
         raise ValueError("data.text_columns/text_template are resolved against the model's "
                          "tokenizer first (textspec.resolve)")
     return template
@@ -123,13 +125,12 @@ def compose(table: pa.Table, template: str) -> pa.Array:
                         f"template {template!r}); columns are "
                         f"{[c for c in table.column_names if c not in hidden]}")
     n = len(table)
-    parts, columns = [], {}
-    for name in fields:
-        columns[name] = _bytes_of(table, name)
+    columns = {name: _bytes_of(table, name) for name in fields}
     all_null, all_blank = np.ones(n, bool), np.ones(n, bool)
     for name, (raw, blank) in columns.items():
         all_null &= raw.is_null().to_numpy(zero_copy_only=False)
         all_blank &= blank
+    parts = []
     for literal, name, _, _ in string.Formatter().parse(template):
         if literal:
             parts.append(pa.scalar(literal.encode(), pa.large_binary()))
@@ -151,8 +152,8 @@ def _bytes_of(table: pa.Table, name: str) -> tuple[pa.Array, np.ndarray]:
     from mlc_dist.data.read import DataError
 
     col = table.column(name)
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) and col.num_chunks else (
-        pa.array([], col.type) if isinstance(col, pa.ChunkedArray) else col)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
     normalised = as_string(col)
     if normalised is None:  # numbers, booleans: their text; lists and structs are not text
         try:
