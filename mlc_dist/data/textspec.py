@@ -36,8 +36,9 @@ def configured_template(cfg) -> str | None:
 
 
 def is_resolved(cfg) -> bool:
-    """Resolved: the template is the text column's name and has no `{sep}` left."""
-    return (cfg.text_template is not None and not cfg.text_columns
+    """Resolved (a data config, or model metadata which has nothing else): the template is the
+    text column's name and has no `{sep}` left."""
+    return (cfg.text_template is not None and not getattr(cfg, "text_columns", None)
             and cfg.text_column == cfg.text_template
             and SEP not in template_fields(cfg.text_template))
 

@@ -139,3 +139,38 @@ def test_the_separator_is_the_tokenizers_and_its_literal_is_the_special_token(ti
     assert int(np.sum(np.asarray(ids) == sep)) == 3 and ids[-1] == sep
     assert ids == tokenizer("we should ban cloning")["input_ids"][:-1] + [sep] + \
         tokenizer("against")["input_ids"][1:-1] + [sep] + tokenizer("it harms")["input_ids"][1:]
+
+
+def test_the_int8_parity_sample_reads_the_composed_text(tiny_bert, tmp_path):
+    import pyarrow.parquet as pq
+
+    from mlc_dist.artifacts import read_meta, write_meta
+    from mlc_dist.data import TEXT, Tokenize
+    from mlc_dist.labels import LabelSpace
+    from mlc_dist.scoring import parity
+
+    from ..conftest import export_tiny_model
+
+    model_dir = export_tiny_model(tmp_path / "m", tiny_bert, LabelSpace.from_names(["a"]))
+    meta = read_meta(model_dir)
+    meta.text_column = meta.text_template = RESOLVED
+    write_meta(model_dir, meta)
+    pq.write_table(pa.table({"Conclusion": ["c"], "Stance": ["against"], "Premise": ["p"],
+                             "a": [1]}), tmp_path / "sample.parquet")
+    batch, labels = parity.read_sample(str(tmp_path / "sample.parquet"), model_dir, meta)
+    expected = Tokenize(model_dir, meta.max_length, keep=[])(
+        {TEXT: np.asarray(["c [SEP] against [SEP] p"], dtype=object)})
+    assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
+    assert labels["a"].tolist() == [1]
+
+
+def test_without_ids_scoring_passes_through_every_column_but_the_texts():
+    from mlc_dist.artifacts import ModelMeta
+    from mlc_dist.labels import LabelSpace
+    from mlc_dist.scoring.pipeline import passthrough_columns
+
+    meta = ModelMeta(LabelSpace.from_names(["a"]), [0.5], RESOLVED, None, 64, "m",
+                     text_template=RESOLVED)
+    job = validate_job({"run": {"name": "r"}, "data": {"label_columns": ["a"]}})
+    names = ["topic", "Conclusion", "Stance", "Premise", PATH]
+    assert passthrough_columns(job, meta, names) == ["topic"]
