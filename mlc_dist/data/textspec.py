@@ -138,8 +138,8 @@ def compose(table: pa.Table, template: str) -> pa.Array:
         if name is not None:
             parts.append(columns[name][0])
     empty = pa.scalar(b"", pa.large_binary())
-    text = pc.binary_join_element_wise(*parts, empty, null_handling="replace",
-                                       null_replacement="") if n else pa.array([], pa.large_binary())
+    text = pa.array([], pa.large_binary()) if not n else pc.binary_join_element_wise(
+        *parts, empty, null_handling="replace", null_replacement="")
     text = pc.if_else(pa.array(all_blank), empty, text)
     text = pc.if_else(pa.array(all_null), pa.scalar(None, pa.large_binary()), text)
     try:
