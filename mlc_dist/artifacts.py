@@ -29,12 +29,21 @@ class ModelMeta:
     kind: str = "hf"  # model.kind: hf | encoder | mlp
     head: HeadName = "linear"
     feature_columns: list[str] | None = None  # tabular input (kind: mlp)
+    # The text from several columns (data/textspec.py), resolved: its separator token spelled
+    # out. text_column then names the composed column: this template.
+    text_template: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"{META_FILE}: unknown head {self.head!r}; expected one of "
                              f"{list(HEADS)}")
+
+    def data_config(self, cfg):
+        """A job's DataConfig reading this model's inputs: its text column(s), its text pair."""
+        return cfg.model_copy(update={"text_column": self.text_column,
+                                      "text_pair_column": self.text_pair_column,
+                                      "text_template": self.text_template, "text_columns": None})
 
     @property
     def outputs(self) -> OutputSchema:
@@ -52,16 +61,18 @@ class ModelMeta:
                 "thresholds": self.thresholds, "text_column": self.text_column,
                 "text_pair_column": self.text_pair_column, "max_length": self.max_length,
                 "base_model": self.base_model, "kind": self.kind, "head": self.head,
-                "feature_columns": self.feature_columns, **self.extra}
+                "feature_columns": self.feature_columns, "text_template": self.text_template,
+                **self.extra}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
         known = {"format_version", "labels", "thresholds", "text_column", "text_pair_column",
-                 "max_length", "base_model", "kind", "head", "feature_columns"}
+                 "max_length", "base_model", "kind", "head", "feature_columns", "text_template"}
         return cls(LabelSpace.from_dict(d["labels"]), [float(t) for t in d["thresholds"]],
                    d["text_column"], d.get("text_pair_column"), int(d["max_length"]),
                    d.get("base_model", ""), d.get("kind", "hf"), d.get("head", "linear"),
-                   d.get("feature_columns"), {k: v for k, v in d.items() if k not in known})
+                   d.get("feature_columns"), d.get("text_template"),
+                   {k: v for k, v in d.items() if k not in known})
 
 
 def save_export(directory: str, model, tokenizer, meta: ModelMeta, state_dict=None) -> None:

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from mlc_dist import data, metrics
+from mlc_dist.data import textspec
 from mlc_dist.config import JobConfig, validate_job
 from mlc_dist.models import resolve_model_path
 
@@ -75,7 +76,7 @@ def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer,
                               TrainingArguments, set_seed)
 
-    prepared = data.prepare(job.data, job.train.seed)
+    prepared = data.prepare(textspec.resolve_job(job).data, job.train.seed)
     (train_texts, train_y), (val_texts, val_y) = _rows(prepared.train), _rows(prepared.validation)
     path = resolve_model_path(job.model.name)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mlc_dist.config import DEFAULT_MODEL, validate_job
+from mlc_dist.data import textspec
 
 DEV_TSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "goemotions",
                        "dev.tsv")
@@ -128,10 +129,12 @@ def run_bare(model_dir: str, texts: list[str], batch_size: int):
     return time.perf_counter() - started, scores
 
 
-def _write_input(folder: str, texts: list[str], text_column: str, files: int = 1) -> str:
-    """`texts` with string ids 0..n-1, as `files` Parquet files of near-equal size in `folder`."""
+def _write_input(folder: str, texts: list[str], text_columns: list[str], files: int = 1) -> str:
+    """`texts` with string ids 0..n-1, as `files` Parquet files of near-equal size in `folder`
+    (each of the model's text columns holding the text)."""
     os.makedirs(folder, exist_ok=True)
-    table = pa.table({"id": [str(i) for i in range(len(texts))], text_column: texts})
+    table = pa.table({"id": [str(i) for i in range(len(texts))],
+                      **{c: texts for c in text_columns}})
     bounds = np.linspace(0, len(texts), max(1, files) + 1).astype(int)
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         pq.write_table(table.slice(lo, hi - lo), os.path.join(folder, f"rows-{i:04d}.parquet"))
@@ -141,7 +144,7 @@ def _write_input(folder: str, texts: list[str], text_column: str, files: int = 1
 def _write_sample(path: str, texts: list[str], labels: np.ndarray | None, meta,
                   rows: int = 2000) -> str:
     """The int8 parity sample: the first rows, with their labels when the data has them."""
-    columns = {meta.text_column: texts[:rows]}
+    columns = {c: texts[:rows] for c in textspec.input_columns(meta)}
     if labels is not None:
         columns.update({n: labels[:rows, j] for j, n in enumerate(meta.label_space.names)})
     pq.write_table(pa.table(columns), path)
@@ -168,10 +171,13 @@ def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
         model_dir = model_dir or export_bench_model(os.path.join(tmp, "model"))
         meta = read_meta(model_dir)
         labels = bench_backends.read_labels(data_file, rows, len(meta.label_space))
-        input_path = _write_input(os.path.join(tmp, "input"), texts, meta.text_column, files)
-        small_path = _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS],
-                                  meta.text_column)
+        columns = textspec.input_columns(meta)
+        input_path = _write_input(os.path.join(tmp, "input"), texts, columns, files)
+        small_path = _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS], columns)
         sample = _write_sample(os.path.join(tmp, "parity.parquet"), texts, labels, meta)
+        if meta.text_template:  # the loops compared get the text scoring builds from the columns
+            texts = textspec.compose_rows(meta.text_template,
+                                          [dict.fromkeys(columns, t) for t in texts])
         onnx_backend.export_graphs(model_dir)  # once per export, not part of a scoring run
         init_ray(min_cpus=1)
         with PeakRss() as rss:

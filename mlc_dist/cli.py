@@ -133,16 +133,33 @@ def evaluate(job: JobArg, set_: SetOpt = None):
 
 @app.command()
 def predict(model_dir: Annotated[str, typer.Argument(help="Exported model folder")],
-            texts: Annotated[list[str], typer.Argument(help="Texts to classify")],
+            texts: Annotated[list[str], typer.Argument(
+                help="Texts to classify; for a model that reads several columns "
+                     "(data.text_columns/text_template), each a JSON object with them")],
             pair: Annotated[Optional[str], typer.Option(help="Second text for pair models")] = None,
             top: Annotated[int, typer.Option(help="Labels to show per text")] = 5):
     """Print label probabilities for a few texts."""
+    from mlc_dist.artifacts import read_meta
     from mlc_dist.predict import predict_texts
 
-    for text, labels in zip(texts, _run(lambda: predict_texts(model_dir, texts, pair))):
+    def go():
+        items = texts
+        if read_meta(model_dir).text_template:  # each TEXT: {column: value} as JSON
+            items = [_json_object(t) for t in texts]
+        return predict_texts(model_dir, items, pair)
+
+    for text, labels in zip(texts, _run(go)):
         _echo(f"{text!r}")
         for name, prob, on in labels[:top]:
             _echo(f"  {'*' if on else ' '} {name:<24} {prob:.3f}")
+
+
+def _json_object(text: str):
+    """A JSON object (or what predict_texts refuses with the columns it needs)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 @app.command("export-onnx")

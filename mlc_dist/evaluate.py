@@ -45,8 +45,7 @@ def run(job: JobConfig) -> dict:
     meta = read_meta(model_dir)
     names = list(meta.label_space.names)
     init_ray(min_cpus=job.score.num_actors)
-    cfg = job.data.model_copy(update={"text_column": meta.text_column,
-                                      "text_pair_column": meta.text_pair_column})
+    cfg = meta.data_config(job.data)
     labels_table, num_unscored = None, 0
     if job.evaluate.labels:
         labels_table, num_unscored = data.drop_unscored(

@@ -14,6 +14,7 @@ import ray.data
 
 from mlc_dist.config import DataConfig
 from mlc_dist.data.strings import as_string
+from mlc_dist.data.textspec import input_columns
 from mlc_dist.data.read import (FEATURES, KEY, LABELS, LINE, PATH, READ_ERROR, TEXT, TEXT_PAIR,
                                 DataError, read_table)
 from mlc_dist.labels import LabelSpace
@@ -24,7 +25,7 @@ READER = (PATH, LINE, READ_ERROR)  # columns the reader adds, never the user's
 
 def read_label_table(path: str, cfg: DataConfig) -> pa.Table:
     """A separate labels table (ids + 0/1 columns), read whole: it holds no text, only bits."""
-    refs = read_table(path, cfg, string_columns=cfg.id_columns).to_arrow_refs()
+    refs = read_table(path, cfg, string_columns=cfg.id_columns, compose_text=False).to_arrow_refs()
     table = pa.concat_tables(ray.get(refs)) if refs else None
     if table is None or table.num_rows == 0:
         raise DataError(f"{path}: labels file is empty")
@@ -277,8 +278,8 @@ def read_labelled(paths, cfg: DataConfig, label_space: LabelSpace,
     table (used after `drop_unscored`) instead of raising."""
     if labels_table is None and labels_path:
         labels_table = read_label_table(labels_path, cfg)
-    string_cols = [cfg.text_column, *filter(None, [cfg.text_pair_column, cfg.label_list_column]),
-                   *cfg.id_columns]
+    string_cols = [*input_columns(cfg), *filter(None, [cfg.text_pair_column,
+                                                       cfg.label_list_column]), *cfg.id_columns]
     ds = read_table(paths, cfg, string_cols)
     return ds.map_batches(Normalize(cfg, label_space, labels_table, skip_unlabelled=skip_unlabelled),
                           batch_format="pyarrow")
@@ -297,6 +298,6 @@ def drop_unscored(table: pa.Table, names) -> tuple[pa.Table, int]:
 
 
 def read_unlabelled(paths, cfg: DataConfig, passthrough: list[str] | None = None) -> ray.data.Dataset:
-    string_cols = [cfg.text_column, *filter(None, [cfg.text_pair_column]), *cfg.id_columns]
+    string_cols = [*input_columns(cfg), *filter(None, [cfg.text_pair_column]), *cfg.id_columns]
     ds = read_table(paths, cfg, string_cols)
     return ds.map_batches(Normalize(cfg, None, None, passthrough), batch_format="pyarrow")

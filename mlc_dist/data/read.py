@@ -16,7 +16,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from mlc_dist import storage
 from mlc_dist.config import DataConfig
-from mlc_dist.data import rows
+from mlc_dist.data import rows, textspec
 
 # Normalized column names every reader produces (ids keep their own names).
 TEXT, TEXT_PAIR, LABELS, KEY, PATH = "text", "text_pair", "labels", "_key", "path"
@@ -108,11 +108,14 @@ def _extension(path: str) -> str:
     return os.path.splitext(name.rstrip("/"))[1].lower()
 
 
-def read_table(paths: str | list[str], cfg: DataConfig, string_columns: list[str]) -> ray.data.Dataset:
+def read_table(paths: str | list[str], cfg: DataConfig, string_columns: list[str],
+               compose_text: bool = True) -> ray.data.Dataset:
     """Read CSV/TSV/Parquet/JSONL (local or object store) lazily, with a `path` column.
 
     CSV/TSV/JSONL rows also carry `_line` and `_read_error` (rows.py): a bad row is marked, not
-    fatal. Every file is read or refused by name (`file_format`).
+    fatal. Every file is read or refused by name (`file_format`). A config whose text comes from
+    several columns (textspec) gets that text as the column `cfg.text_column` names, unless
+    `compose_text` is False (the columns as read).
     """
     by_format: dict[str, list[str]] = {}
     for f in expand_paths(paths):
@@ -124,7 +127,11 @@ def read_table(paths: str | list[str], cfg: DataConfig, string_columns: list[str
         else:
             datasets.append(ray.data.read_datasource(
                 RowsDatasource(files, fmt, cfg, string_columns, include_paths=True)))
-    return datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+    ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+    template = textspec.template_of(cfg) if compose_text else None
+    if template:
+        ds = ds.map_batches(textspec.ComposeText(template), batch_format="pyarrow")
+    return ds
 
 
 def _read_parquet(files: list[str]) -> ray.data.Dataset:

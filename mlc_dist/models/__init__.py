@@ -48,6 +48,21 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def separator_token(cfg: ModelConfig) -> str | None:
+    """The separator token of the tokenizer this model is trained with (data.text_columns joins
+    columns with it): the checkpoint's (hf), the given or the fixed WordPiece one (encoder)."""
+    if cfg.kind == "mlp":
+        return None
+    if cfg.kind == "encoder" and not cfg.tokenizer:
+        return encoder.SEP_TOKEN
+    from transformers import AutoTokenizer
+
+    from mlc_dist.storage import local_copy
+
+    path = local_copy(cfg.tokenizer) if cfg.kind == "encoder" else resolve_model_path(cfg.name)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code).sep_token
+
+
 def _build_hf(cfg: ModelConfig, space: LabelSpace, sizes: list[int], **_) -> nn.Module:
     return hf.build(resolve_model_path(cfg.name), list(space.names), cfg.head, sizes, cfg.pooling,
                     cfg.trust_remote_code, cfg.dropout)

@@ -72,19 +72,22 @@ class MlcEncoderForSequenceClassification(PreTrainedModel):
         return SequenceClassifierOutput(logits=self.head(mean_pool(x, attention_mask)))
 
 
+SEP_TOKEN = "[SEP]"  # the separator of the WordPiece tokenizers trained here
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str, max_length: int):
     """A lowercasing WordPiece tokenizer trained on `texts`, saved as a BertTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
     from transformers import BertTokenizerFast
 
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    special = ["[PAD]", "[UNK]", "[CLS]", SEP_TOKEN, "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(texts, WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id(SEP_TOKEN)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

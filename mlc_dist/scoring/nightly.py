@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from mlc_dist import data, progress, storage
 from mlc_dist.artifacts import ModelMeta, read_meta
 from mlc_dist.config import JobConfig, JobConfigError
+from mlc_dist.data import textspec
 from mlc_dist.scoring import delta, manifest, parity
 from mlc_dist.scoring.commit import (MANIFEST, QUARANTINE, SUCCESS, AuditError, InputFile, Output,
                                      Part, part_name)
@@ -215,8 +216,10 @@ def _schema_groups(job: JobConfig, meta: ModelMeta, pending: list[tuple[str, str
     cfg = _data_config(job, meta)
     group: list[InputFile] = []
     for path, name in pending:
-        raw = data.read_table([path], cfg, [cfg.text_column, *cfg.id_columns])
-        inputs = job.data.feature_columns or [cfg.text_column]
+        # The columns as read: the check below names a missing one (not the composed text).
+        raw = data.read_table([path], cfg, [*textspec.input_columns(cfg), *cfg.id_columns],
+                              compose_text=False)
+        inputs = job.data.feature_columns or textspec.input_columns(cfg)
         schema = raw.schema()
         # An empty CSV/TSV/JSONL file streams no block, so Ray knows no schema: the columns asked.
         schema = schema.base_schema if schema is not None else pa.schema(
@@ -258,8 +261,7 @@ def _count(path: str, cfg, raw, id_columns: list[str]) -> tuple[int, dict]:
 
 
 def _data_config(job: JobConfig, meta: ModelMeta):
-    return job.data.model_copy(update={"text_column": meta.text_column,
-                                       "text_pair_column": meta.text_pair_column})
+    return meta.data_config(job.data)
 
 
 def _path_key(path: str) -> str:
@@ -287,7 +289,7 @@ def _score_group(job: JobConfig, group: list[InputFile], model: tuple, out: Outp
     if not streamed:
         return
     paths = [f.path for f in streamed]
-    raw = data.read_table(paths, cfg, [cfg.text_column, *cfg.id_columns])
+    raw = data.read_table(paths, cfg, [*textspec.input_columns(cfg), *cfg.id_columns])
     ds = scored_dataset(job, paths, model_dir, meta, raw, [*streamed[0].passthrough, data.PATH],
                         export_digest=digest)
     ds.context.execution_options.preserve_order = True  # parts complete, and commit, in order

@@ -13,6 +13,7 @@ import numpy as np
 
 from mlc_dist import data, storage
 from mlc_dist.config import JobConfig, JobConfigError
+from mlc_dist.data import textspec
 from mlc_dist.models.outputs import PRED_PREFIX, SCORE_PREFIX, OutputSchema
 
 MAX_AUC_DROP = 0.002
@@ -47,7 +48,8 @@ def read_sample(path: str, model_dir: str, meta) -> tuple[dict, dict[str, np.nda
     The file needs the model's input columns (its text column(s), or its feature columns);
     label columns named as the labels are optional: 0/1, or a category (name or index)."""
     table = _read_table(path)
-    needed = meta.feature_columns or [meta.text_column, *filter(None, [meta.text_pair_column])]
+    needed = meta.feature_columns or [*textspec.input_columns(meta),
+                                      *filter(None, [meta.text_pair_column])]
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise JobConfigError(f"score.parity_sample: {path} lacks the model's input columns "
@@ -56,9 +58,11 @@ def read_sample(path: str, model_dir: str, meta) -> tuple[dict, dict[str, np.nda
         batch = {data.FEATURES: np.stack([table.column(c).to_numpy(zero_copy_only=False)
                                           for c in needed], axis=1).astype(np.float32)}
     else:
-        texts = {data.TEXT: np.asarray(table.column(needed[0]).to_pylist(), dtype=object)}
+        text = (textspec.compose(table, meta.text_template).to_pylist() if meta.text_template
+                else table.column(meta.text_column).to_pylist())
+        texts = {data.TEXT: np.asarray(["" if t is None else t for t in text], dtype=object)}
         if meta.text_pair_column:
-            texts[data.TEXT_PAIR] = np.asarray(table.column(needed[1]).to_pylist(), dtype=object)
+            texts[data.TEXT_PAIR] = np.asarray(table.column(needed[-1]).to_pylist(), dtype=object)
         batch = data.Tokenize(model_dir, meta.max_length, keep=[])(texts)
     labels = {}
     for name in meta.label_space.names:

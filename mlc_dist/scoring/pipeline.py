@@ -15,6 +15,7 @@ import ray.data
 import torch
 
 from mlc_dist import data
+from mlc_dist.data import textspec
 from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import JobConfig
 from mlc_dist.precision import resolve
@@ -135,8 +136,9 @@ def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> li
         return list(job.data.id_columns)
     # No ids declared: keep every input column that is not text or a label.
     cfg = job.data
-    drop = {meta.text_column, meta.text_pair_column, cfg.label_list_column, data.PATH, data.LINE,
-            data.READ_ERROR, *(cfg.label_columns or []), *(cfg.feature_columns or [])}
+    drop = {*textspec.input_columns(meta), meta.text_pair_column, cfg.label_list_column,
+            data.PATH, data.LINE, data.READ_ERROR, *(cfg.label_columns or []),
+            *(cfg.feature_columns or [])}
     return [c for c in names if c not in drop]
 
 

@@ -20,6 +20,7 @@ import torch
 from mlc_dist import data, logs, metrics, progress, storage
 from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfig
+from mlc_dist.data import textspec
 from mlc_dist.losses import prior_bias
 from mlc_dist.models import resolve_model_path
 from mlc_dist.models.outputs import OutputSchema
@@ -259,6 +260,7 @@ def fit(job: JobConfig) -> dict:
 
     claim_run_dir(job)  # a rerun with other settings moves the old run aside instead of resuming
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
+    job = textspec.resolve_job(job)  # data.text_columns/text_template: the separator spelled out
     inputs = prepare_inputs(job)
     prepared, out_dir = inputs.prepared, run_dir(job)
     started, started_at = time.perf_counter(), time.time()

@@ -169,7 +169,8 @@ class Worker:
         self.loss_fn = build_loss(self.outputs, config["pos_weight"]).to(self.engine.device)
         self.meta = ModelMeta(space, [0.5] * len(space), job.data.text_column,
                               job.data.text_pair_column, job.data.max_length, job.model.name,
-                              job.model.kind, job.model.head, job.data.feature_columns)
+                              job.model.kind, job.model.head, job.data.feature_columns,
+                              job.data.text_template)
         self.collate = Collate(*data.padding_of(self.tokenizer))
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("validation")

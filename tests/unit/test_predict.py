@@ -37,3 +37,36 @@ def test_binary_labels_are_flagged_by_their_threshold(tiny_bert, tmp_path):
         expected = torch.sigmoid(model(**tokenizer(["you are awful"], return_tensors="pt")).logits)
     assert dict((n, p) for n, p, _ in row) == pytest.approx(
         dict(zip(labels.names, expected[0].tolist())), abs=1e-6)
+
+
+def test_a_model_reading_several_columns_takes_json_objects(tiny_bert, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlc_dist.artifacts import read_meta, write_meta
+    from mlc_dist.cli import app
+
+    labels = LabelSpace.from_names(["security", "benevolence"])
+    model_dir = export_tiny_model(tmp_path / "m", tiny_bert, labels)
+    (by_text,) = predict_texts(model_dir, ["We should ban whaling [SEP] in favor of [SEP] it is "
+                                           "cruel"])
+    template = "{Conclusion} [SEP] {Stance} [SEP] {Premise}"
+    meta = read_meta(model_dir)
+    meta.text_column = meta.text_template = template
+    write_meta(model_dir, meta)
+    row = {"Conclusion": "We should ban whaling", "Stance": "in favor of",
+           "Premise": "it is cruel"}
+    # The same weights given the columns read the text training composed from them.
+    (by_columns,) = predict_texts(model_dir, [row])
+    assert {n: p for n, p, _ in by_columns} == pytest.approx({n: p for n, p, _ in by_text},
+                                                             abs=1e-6)
+    with pytest.raises(Exception, match="as a string"):
+        predict_texts(export_tiny_model(tmp_path / "one", tiny_bert, labels), [row])
+
+    result = CliRunner().invoke(app, ["predict", model_dir, json.dumps(row)])
+    assert result.exit_code == 0, result.output
+    assert "security" in result.output
+    result = CliRunner().invoke(app, ["predict", model_dir, "just a text"])
+    assert result.exit_code == 2
+    assert "['Conclusion', 'Stance', 'Premise']" in result.output
