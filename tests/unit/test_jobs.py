@@ -22,6 +22,7 @@ SIZE_AND_PATH_KEYS = {
     "data.format", "data.header", "data.column_names", "data.quoting",
     # how long, how big, and the log cadence that scales with the length
     "train.epochs", "train.max_steps", "train.batch_size_per_worker", "train.log_every_steps",
+    "train.eval_every_steps", "train.checkpoint_every_steps",
     "data.max_length", "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.intermediate_size", "model.vocab_size", "scaling.num_workers",
 }
