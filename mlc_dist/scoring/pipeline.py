@@ -51,14 +51,15 @@ class Scorer:
     """Loads the exported model once per actor; maps token batches to per-label scores.
 
     Each incoming batch is a window: its rows are ordered by length and run in sub-batches of
-    `batch_size`, each padded to its own longest row, then put back in the window's order. Rows
+    `batch_size`, each padded to its own longest row (rounded up to `pad_to_multiple_of`, never
+    past the model's max_length), then put back in the window's order. Rows
     whose `_reason` says not to score get NaN scores (the job quarantines them). The
     `passthrough` columns (ids, and `_reason` when the caller wants it back) are copied as is.
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
                  num_threads: int | None = None, batch_size: int = 64, backend: str = "torch",
-                 export_digest: str | None = None):
+                 export_digest: str | None = None, pad_to_multiple_of: int = 1):
         from mlc_dist.artifacts import load_export, verify_export
         from mlc_dist.scoring.onnx_backend import load_onnx
 
@@ -79,6 +80,8 @@ class Scorer:
             self.model.to(self.device, dtype)
         self.pad_token_id, self.padding_side = data.padding_of(tokenizer)
         self.passthrough, self.batch_size = passthrough, batch_size
+        # pad_batch's width rule: a multiple of this, capped at the length the model takes.
+        self.padding = dict(multiple=pad_to_multiple_of, max_width=self.meta.max_length)
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
         self.outputs = self.meta.outputs
 
@@ -104,13 +107,14 @@ class Scorer:
 
     def _forward(self, tokens: dict[str, np.ndarray]) -> torch.Tensor:
         if self.onnx is not None:
-            padded = data.pad_batch(tokens, self.pad_token_id, self.padding_side)
+            padded = data.pad_batch(tokens, self.pad_token_id, self.padding_side,
+                                    **self.padding)
             logits = torch.from_numpy(self.onnx(padded))
             return self.outputs.probabilities(logits)
         cuda = self.device.type == "cuda"
         inputs = {k: self._to_device(torch.from_numpy(v), cuda)
-                  for k, v in data.pad_batch(tokens, self.pad_token_id,
-                                             self.padding_side).items()}
+                  for k, v in data.pad_batch(tokens, self.pad_token_id, self.padding_side,
+                                             **self.padding).items()}
         logits = self.model(**inputs).logits
         return self.outputs.probabilities(logits.float())  # [B, num_outputs], on the device
 
@@ -124,10 +128,10 @@ class _PoolScorer(Scorer):
     """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
 
     def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
-                 reserved_cpus, backend="torch", export_digest=None):
+                 reserved_cpus, backend="torch", export_digest=None, pad_to_multiple_of=1):
         super().__init__(model_dir, passthrough, precision,
                          threads or actor_threads(num_actors, reserved_cpus), batch_size, backend,
-                         export_digest)
+                         export_digest, pad_to_multiple_of)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -177,7 +181,7 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
         _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
                                           sc.threads_per_actor, batch_size, sc.num_actors,
                                           job.scaling.cpus_per_worker, sc.backend,
-                                          export_digest),
+                                          export_digest, job.pad_multiple),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
