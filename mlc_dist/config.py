@@ -137,6 +137,11 @@ class TrainConfig(_Section):
     # resolved on each worker's device; an explicit choice the device cannot run is refused).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     strategy: Literal["ddp", "deepspeed"] = "ddp"
+    # torch.compile(dynamic=False) the DDP model: one specialised graph per batch shape, so it
+    # needs padded widths (data.pad_to_multiple_of > 1; the GPU default is 16): at most
+    # 2 * ceil(max_length / multiple) shapes (full and last batch), compiled on first sight.
+    # DDP only (refused with deepspeed).
+    compile: bool = False
     # DDP: look for parameters a step leaves without gradient (slower). Unset: on only for model
     # families known to need it (XLNet).
     find_unused_parameters: bool | None = None
@@ -257,6 +262,13 @@ class JobConfig(_Section):
         if t.offload_params and (t.zero_stage or 2) != 3:
             raise ValueError("train.offload_params needs train.zero_stage: 3 (ZeRO-1/2 keep full "
                              "parameters on every worker)")
+        if t.compile and t.strategy != "ddp":
+            raise ValueError("train.compile needs train.strategy: ddp (the DeepSpeed engine is "
+                             "not compiled; unset train.compile)")
+        if t.compile and not self.data.feature_columns and self.pad_multiple == 1:
+            raise ValueError("train.compile needs data.pad_to_multiple_of > 1 (16 on GPU jobs "
+                             "when unset): with static shapes every distinct batch length "
+                             "would compile a graph of its own")
         if t.strategy == "deepspeed":
             self.deepspeed_config()  # raises on a raw block that contradicts a job key
         if self.train.folds and self.data.validation is not None:
@@ -288,6 +300,13 @@ class JobConfig(_Section):
         if self.data.pad_to_multiple_of is not None:
             return self.data.pad_to_multiple_of
         return GPU_PAD_MULTIPLE if self.scaling.use_gpu else 1
+
+    @property
+    def compile_shapes(self) -> int:
+        """Input shapes train.compile sees at most: padded widths (multiples of pad_multiple up
+        to max_length, plus max_length itself) at the full batch and an epoch's last batch."""
+        widths = -(-self.data.max_length // self.pad_multiple) + 1
+        return 2 * widths
 
     @property
     def run_dir(self) -> str:

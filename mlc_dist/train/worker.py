@@ -164,7 +164,7 @@ class Worker:
         self.validation_stats = config.get("validation_stats")  # rows and positives, to check
         self.engine = strategy.prepare(model, job.train, self.total_steps,
                                        job.deepspeed_config() if job.train.strategy == "deepspeed"
-                                       else None)
+                                       else None, num_shapes=job.compile_shapes)
         self.outputs = OutputSchema(space, job.model.head)
         self.loss_fn = build_loss(self.outputs, config["pos_weight"]).to(self.engine.device)
         self.meta = ModelMeta(space, [0.5] * len(space), job.data.text_column,
