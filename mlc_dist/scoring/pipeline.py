@@ -16,7 +16,7 @@ import torch
 
 from mlc_dist import data
 from mlc_dist.artifacts import ModelMeta
-from mlc_dist.config import JobConfig
+from mlc_dist.config import SCORE_BATCH_CPU, SCORE_BATCH_GPU, JobConfig
 from mlc_dist.precision import resolve
 from mlc_dist.scoring.textcheck import OK, REASON, SCORED, CheckText
 
@@ -36,6 +36,21 @@ def assigned_device() -> torch.device:
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         return torch.device("cuda", 0) if gpus else torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Rows per forward pass when score.batch_size is unset: 256 on a GPU, 64 on CPU."""
+    return SCORE_BATCH_GPU if device.type == "cuda" else SCORE_BATCH_CPU
+
+
+def pool_size(job: JobConfig) -> int:
+    """Scoring actors: score.num_actors, or when unset one per GPU of the (running) Ray cluster
+    on a GPU job (at least 1: an autoscaling cluster may start with none), else 1."""
+    if job.score.num_actors:
+        return job.score.num_actors
+    if not job.scaling.use_gpu:
+        return 1
+    return max(1, int(ray.cluster_resources().get("GPU", 0)))
 
 
 def actor_threads(num_actors: int, reserved_cpus: float) -> int:
@@ -58,7 +73,8 @@ class Scorer:
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
-                 num_threads: int | None = None, batch_size: int = 64, backend: str = "torch",
+                 num_threads: int | None = None, batch_size: int | None = None,
+                 backend: str = "torch",
                  export_digest: str | None = None, pad_to_multiple_of: int = 1):
         from mlc_dist.artifacts import load_export, verify_export
         from mlc_dist.scoring.onnx_backend import load_onnx
@@ -79,7 +95,10 @@ class Scorer:
                 resolve_precision(precision, self.device)]
             self.model.to(self.device, dtype)
         self.pad_token_id, self.padding_side = data.padding_of(tokenizer)
-        self.passthrough, self.batch_size = passthrough, batch_size
+        # Unset: by device (ONNX Runtime runs on CPU).
+        self.passthrough = passthrough
+        self.batch_size = batch_size or default_batch_size(
+            torch.device("cpu") if self.onnx is not None else self.device)
         # pad_batch's width rule: a multiple of this, capped at the length the model takes.
         self.padding = dict(multiple=pad_to_multiple_of, max_width=self.meta.max_length)
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
@@ -168,21 +187,22 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
-                  passthrough: list[str], batch_size: int,
+                  passthrough: list[str], batch_size: int | None,
                   export_digest: str | None = None) -> ray.data.Dataset:
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     from mlc_dist.scoring import parity
 
     sc = job.score
+    num_actors = pool_size(job)
     # onnx-int8: the parity gate first (refuses a bad quantization); graphs made on the driver.
     parity.prepare_backend(job, model_dir)
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     return ds.map_batches(
         _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
-                                          sc.threads_per_actor, batch_size, sc.num_actors,
+                                          sc.threads_per_actor, batch_size, num_actors,
                                           job.scaling.cpus_per_worker, sc.backend,
                                           export_digest, job.pad_multiple),
         batch_size=sc.window_rows, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
 
