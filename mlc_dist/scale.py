@@ -73,6 +73,21 @@ def training_flops_per_token(model_name: str, seq_len: float) -> float:
     return 6.0 * params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
+def forward_flops_per_token(model_name: str, seq_len: float) -> float:
+    """A forward pass: a third of training's (2 x parameters + 4 x layers x width x T)."""
+    return training_flops_per_token(model_name, seq_len) / 3.0
+
+
+def utilisation(flops_per_token: float, tokens_per_s: float | None,
+                gpu_name: str | None) -> float | None:
+    """Model FLOPs utilisation of one GPU: achieved FLOP/s over its dense bf16/fp16 peak; None
+    without a known GPU (CPU runs) or a rate."""
+    peak = peak_tflops(gpu_name)
+    if not peak or not tokens_per_s:
+        return None
+    return flops_per_token * tokens_per_s / (peak * 1e12)
+
+
 def run_job(job: JobConfig, num_workers: int, steps: int, out_dir: str) -> JobConfig:
     tree = job.model_dump()
     tree["run"] = {"name": f"w{num_workers}", "output_dir": out_dir}
