@@ -71,8 +71,11 @@ def _rows(ds) -> tuple[list[str], np.ndarray]:
 
 
 def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
-    """The copy-paste recipe: tokenizer(padding="max_length") + Trainer, on the same rows."""
+    """The copy-paste recipe: tokenizer(padding="max_length") + Trainer, on the same rows; on a
+    GPU in the precision our workers resolve (train.precision auto: bf16 where native)."""
     import torch
+
+    from mlc_dist.precision import resolve
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer,
                               TrainingArguments, set_seed)
 
@@ -92,6 +95,8 @@ def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(prepared.label_space), problem_type="multi_label_classification")
     t = job.train
+    cuda = torch.cuda.is_available()
+    precision = resolve(t.precision, torch.device("cuda" if cuda else "cpu"))
     out = tempfile.mkdtemp(prefix="mlc_bench_hf_")
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=t.batch_size_per_worker,
@@ -100,7 +105,8 @@ def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
         # transformers 5 dropped warmup_ratio: the same warm-up as ours, in steps.
         warmup_steps=int(t.warmup_ratio * -(-len(train_set) // t.batch_size_per_worker)),
         max_grad_norm=t.max_grad_norm or 0.0, lr_scheduler_type="linear", seed=t.seed,
-        save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", report_to=[], use_cpu=not cuda,
+        bf16=cuda and precision == "bf16", fp16=cuda and precision == "fp16",
         logging_steps=50, dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_set)
     try:
@@ -115,28 +121,60 @@ def run_hf_trainer(job: JobConfig, max_length: int) -> dict:
             "samples": len(train_set)}
 
 
-def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 128) -> dict:
-    from mlc_dist.runtime import init_ray
+def train_efficiency(model_name: str, gpu: str | None, runs: dict[str, dict]) -> dict:
+    """`<name>_mfu` for each run (training FLOPs of its real tokens over the GPU's peak), with
+    the GPU's name: None on CPU, so the keys are the same on every device."""
+    from mlc_dist.scale import training_flops_per_token, utilisation
 
+    out: dict = {"gpu": gpu}
+    for name, run in runs.items():
+        mfu = None
+        if gpu and run.get("samples_per_s"):
+            seq = run["tokens_per_s"] / run["samples_per_s"]
+            mfu = utilisation(training_flops_per_token(model_name, seq), run["tokens_per_s"],
+                              gpu)
+        out[f"{name}_mfu"] = None if mfu is None else round(mfu, 4)
+    return out
+
+
+def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 128) -> dict:
+    """On CPU: one Ray Train worker with every core against the Trainer in this process. With
+    scaling.use_gpu: one GPU worker (the job's cpus_per_worker) against the Trainer recipe in a
+    Ray task holding one GPU of the same cluster, so both train on a worker's GPU."""
+    import ray
+
+    from mlc_dist.runtime import init_ray
+    from mlc_dist.scale import worker_gpu_name
+
+    use_gpu = job.scaling.use_gpu
     work = tempfile.mkdtemp(prefix="mlc_bench_")
     try:
         sub = subset_job(job, work, samples, val_rows)
+        # CPU: one worker with every core, as the Trainer in this process has (Ray sets a
+        # worker's torch threads to its CPU count). GPU: one worker as the job sizes it.
+        cpus = sub.scaling.cpus_per_worker if use_gpu else (os.cpu_count() or 1)
         ours_job = validate_job({**sub.model_dump(),
                                  "train": {**sub.train.model_dump(), "length_bucketing": True},
                                  "data": {**sub.data.model_dump(), "max_length": max_length},
-                                 # One worker with every core, as the Trainer in this process
-                                 # has: Ray sets a worker's torch threads to its CPU count.
                                  "scaling": {**sub.scaling.model_dump(), "num_workers": 1,
-                                             "cpus_per_worker": os.cpu_count() or 1}},
+                                             "cpus_per_worker": cpus}},
                                 "bench")
         init_ray(min_cpus=ours_job.scaling.cpus_per_worker)
+        gpu = worker_gpu_name(use_gpu)
         started = time.perf_counter()
         ours = run_ours(ours_job)
         ours_wall = time.perf_counter() - started
-        hf = run_hf_trainer(sub, max_length)
+        if use_gpu:
+            hf = ray.get(ray.remote(num_gpus=1, num_cpus=cpus)(run_hf_trainer).remote(
+                sub, max_length))
+        else:
+            hf = run_hf_trainer(sub, max_length)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    where = (f"1 GPU worker ({gpu or 'GPU'}, {cpus:g} CPUs)" if use_gpu else
+             f"{cpus:g} CPUs")
     return {
+        **train_efficiency(job.model.name, gpu, {"ours": ours, "hf_trainer": hf}),
         "ours_samples_per_s": ours["samples_per_s"],
         "hf_trainer_samples_per_s": hf["samples_per_s"],
         "ratio": ours["samples_per_s"] / hf["samples_per_s"],
@@ -145,10 +183,11 @@ def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 1
         "ours_tokens_per_s": ours["tokens_per_s"], "hf_trainer_tokens_per_s": hf["tokens_per_s"],
         "ours_wall_s_incl_startup": ours_wall, "val_rows": val_rows, "model": job.model.name,
         "batch_size": job.train.batch_size_per_worker, "max_length": max_length,
-        "compared": ("ours = 1 Ray Train worker (DDP engine, "
-                     f"{ours_job.scaling.cpus_per_worker:g} CPUs) on a local Ray cluster, "
+        "compared": (f"ours = 1 Ray Train worker (DDP engine, {where}) on a Ray cluster, "
                      "dynamic padding + length bucketing, Ray Data tokenizing; hf_trainer = "
-                     "transformers Trainer in the driver process, padding='max_length'. "
+                     "transformers Trainer " + ("in a Ray task holding one GPU" if use_gpu else
+                                                "in the driver process") +
+                     ", padding='max_length'. "
                      "samples/s = training loop time only (no startup, no evaluation); "
                      "tokens/s counts non-padding tokens for both"),
     }

@@ -1,8 +1,10 @@
 """`mlc-dist bench score`: our scoring job vs `transformers.pipeline` vs a bare torch loop.
 
-All three run in this process on the same rows and the same exported model (the packaged MiniLM
-with a fresh classifier head: throughput does not need a trained head). Prints figures; asserts
-nothing about time.
+All three run on the same rows, the same exported model (the packaged MiniLM with a fresh
+classifier head: throughput does not need a trained head) and the same device: on a machine with
+a GPU, our job's actor and the two loops all run on it, in the precision `score.precision: auto`
+picks, and the figures add MFU (forward FLOPs over the GPU's peak) and our fraction of the
+forward ceiling (the bare loop). Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -81,14 +83,15 @@ class PeakRss:
         self._thread.join()
 
 
-def run_ours(model_dir: str, input_path: str, output: str, batch_size: int,
-             backend: str = "torch", parity_sample: str | None = None):
+def run_ours(model_dir: str, input_path: str, output: str, batch_size: int | None,
+             backend: str = "torch", parity_sample: str | None = None, use_gpu: bool = False):
     from mlc_dist import scoring
 
     job = validate_job({"run": {"name": "bench-score"}, "data": {"id_columns": ["id"]},
+                        "scaling": {"use_gpu": use_gpu},
                         "score": {"input": input_path, "output": output, "model": model_dir,
                                   "batch_size": batch_size, "backend": backend,
-                                  "parity_sample": parity_sample}})
+                                  "parity_sample": parity_sample, "num_actors": 1}})
     started = time.perf_counter()
     summary = scoring.run(job, overwrite=True)
     seconds = time.perf_counter() - started
@@ -98,12 +101,20 @@ def run_ours(model_dir: str, input_path: str, output: str, batch_size: int,
     return seconds, np.stack([table.column(c).to_numpy() for c in cols], axis=1)[order], summary
 
 
-def run_pipeline(model_dir: str, texts: list[str], batch_size: int):
+def _dtype(device: str) -> torch.dtype:
+    """What our scorer runs in on `device` (score.precision: auto), for the loops to match."""
+    from mlc_dist.scoring.pipeline import resolve_precision
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        resolve_precision("auto", torch.device(device))]
+
+
+def run_pipeline(model_dir: str, texts: list[str], batch_size: int, device: str = "cpu"):
     """What a user would write: the text-classification pipeline, all labels, sigmoid."""
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=model_dir, top_k=None,
-                    function_to_apply="sigmoid", device="cpu")
+                    function_to_apply="sigmoid", device=device, dtype=_dtype(device))
     names = list(pipe.model.config.id2label.values())
     started = time.perf_counter()
     results = pipe(texts, batch_size=batch_size, truncation=True, max_length=MAX_LENGTH)
@@ -113,20 +124,49 @@ def run_pipeline(model_dir: str, texts: list[str], batch_size: int):
 
 
 @torch.inference_mode()
-def run_bare(model_dir: str, texts: list[str], batch_size: int):
-    """The ceiling: one process, length-sorted batches, inference_mode, no Ray."""
+def run_bare(model_dir: str, texts: list[str], batch_size: int, device: str = "cpu"):
+    """The ceiling: one process, length-sorted batches, inference_mode, no Ray; on a GPU the
+    model cast once to our scorer's dtype, widths padded to 16, results kept on the device."""
     from mlc_dist.artifacts import load_export
 
     model, tokenizer, _ = load_export(model_dir)
+    model.to(device, _dtype(device))
     started = time.perf_counter()
     enc = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
     order = np.argsort([len(e) for e in enc], kind="stable")
-    scores = np.zeros((len(texts), model.config.num_labels), np.float32)
+    parts = []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt")
-        scores[rows] = torch.sigmoid(model(**batch).logits).numpy()
+        batch = tokenizer.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt",
+                              pad_to_multiple_of=16 if device != "cpu" else None)
+        parts.append(torch.sigmoid(model(**{k: v.to(device) for k, v in batch.items()})
+                                   .logits.float()))
+    scores = np.zeros((len(texts), model.config.num_labels), np.float32)
+    if parts:
+        scores[order] = torch.cat(parts).cpu().numpy()
     return time.perf_counter() - started, scores
+
+
+def token_count(model_dir: str, texts: list[str]) -> int:
+    """Real (unpadded) tokens of `texts` as scored: the FLOPs MFU counts."""
+    from mlc_dist.data import load_tokenizer
+
+    enc = load_tokenizer(model_dir)(texts, truncation=True, max_length=MAX_LENGTH)
+    return sum(len(e) for e in enc["input_ids"])
+
+
+def efficiency(gpu: str | None, flops_per_token: float | None, tokens: int,
+               seconds: dict[str, float | None]) -> dict:
+    """`<name>_mfu` for each timed path (None on CPU or without a timing) and the GPU's name
+    and peak, so the keys are the same on every device."""
+    from mlc_dist.scale import peak_tflops, utilisation
+
+    out: dict = {"gpu": gpu, "peak_tflops": peak_tflops(gpu)}
+    for name, s in seconds.items():
+        rate = tokens / s if s else None
+        mfu = utilisation(flops_per_token, rate, gpu) if flops_per_token else None
+        out[f"{name}_mfu"] = None if mfu is None else round(mfu, 4)
+    return out
 
 
 def _write_input(folder: str, texts: list[str], text_columns: list[str], files: int = 1) -> str:
@@ -151,20 +191,27 @@ def _write_sample(path: str, texts: list[str], labels: np.ndarray | None, meta,
     return path
 
 
-def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
+def run_bench(rows: int = 20000, batch_size: int | None = None, compare: bool = True,
               data_file: str | None = None, model_dir: str | None = None,
-              files: int = 1, backend: str = "torch") -> dict:
+              files: int = 1, backend: str = "torch", use_gpu: bool | None = None) -> dict:
     """Ours end to end on `backend` (Ray start excluded; workers, imports and model load
     included; ONNX graphs made beforehand, once per export), then the same job on FIXED_ROWS
     rows for its fixed cost, then the pipeline and the bare loops with Ray shut down, so they
-    have the machine to themselves."""
+    have the machine to themselves. `use_gpu` (default: a GPU is visible; never for the ONNX
+    backends, CPU only): all three on the GPU; `batch_size` unset: by device (64 CPU, 256 GPU)."""
     import ray
 
     from mlc_dist import bench_backends
     from mlc_dist.artifacts import read_meta
     from mlc_dist.runtime import init_ray
+    from mlc_dist.scale import forward_flops_per_token, worker_gpu_name
     from mlc_dist.scoring import onnx_backend
+    from mlc_dist.scoring.pipeline import default_batch_size
 
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available() and backend == "torch"
+    device = "cuda" if use_gpu else "cpu"
+    batch_size = batch_size or default_batch_size(torch.device(device))
     data_file = data_file or os.path.abspath(DEV_TSV)
     texts = read_texts(data_file, rows)
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
@@ -180,22 +227,28 @@ def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
                                           [dict.fromkeys(columns, t) for t in texts])
         onnx_backend.export_graphs(model_dir)  # once per export, not part of a scoring run
         init_ray(min_cpus=1)
+        gpu = worker_gpu_name(use_gpu)  # what the scoring actor gets
         with PeakRss() as rss:
             ours_s, ours, summary = run_ours(model_dir, input_path, os.path.join(tmp, "out"),
-                                             batch_size, backend, sample)
+                                             batch_size, backend, sample, use_gpu)
         # Run second, on workers the first run warmed: a low fixed cost, a conservative rate.
         fixed_s = run_ours(model_dir, small_path, os.path.join(tmp, "out-small"), batch_size,
-                           backend, sample)[0]
+                           backend, sample, use_gpu)[0]
         ray.shutdown()
+        tokens = token_count(model_dir, texts)
+        flops = forward_flops_per_token(meta.base_model, tokens / max(len(texts), 1)) \
+            if gpu else None
         steady = (len(texts) - FIXED_ROWS) / max(ours_s - fixed_s, 1e-9)
         result = {"rows": len(texts), "files": files, "model": model_dir,
                   "ours_rows_per_s": round(len(texts) / ours_s, 1),
                   "ours_fixed_s": round(fixed_s, 1), "ours_steady_rows_per_s": round(steady, 1),
                   "peak_rss_mb": round(rss.peak / 2**20), "rows_quarantined":
-                  summary["rows_quarantined"]}
+                  summary["rows_quarantined"], "device": device, "batch_size": batch_size,
+                  "tokens": tokens}
+        pipe_s = bare_s = None
         if compare:
-            pipe_s, pipe = run_pipeline(model_dir, texts, batch_size)
-            bare_s, bare = run_bare(model_dir, texts, batch_size)
+            pipe_s, pipe = run_pipeline(model_dir, texts, batch_size, device)
+            bare_s, bare = run_bare(model_dir, texts, batch_size, device)
             result.update({
                 "pipeline_rows_per_s": round(len(texts) / pipe_s, 1),
                 "bare_rows_per_s": round(len(texts) / bare_s, 1),
@@ -204,7 +257,14 @@ def run_bench(rows: int = 20000, batch_size: int = 64, compare: bool = True,
                 "steady_ratio_vs_pipeline": round(steady * pipe_s / len(texts), 3),
                 "steady_fraction_of_bare": round(steady * bare_s / len(texts), 3),
                 "max_abs_diff": float(max(np.abs(ours - pipe).max(), np.abs(ours - bare).max())),
+                # The forward ceiling on this device: the bare loop (same model, dtype, rows).
+                "fraction_of_forward_ceiling": round(steady * bare_s / len(texts), 3),
             })
             result.update(bench_backends.backend_figures(model_dir, texts, batch_size, labels,
                                                          bare_s, bare, backend, ours_s, ours))
+        # ours_steady: at the steady rate (fixed cost left out), as if over all the rows.
+        result.update(efficiency(gpu, flops, tokens, {
+            "ours": ours_s, "ours_steady": len(texts) / steady if steady > 0 else None,
+            "pipeline": pipe_s, "bare": bare_s}))
+        result.setdefault("fraction_of_forward_ceiling", None)
     return result

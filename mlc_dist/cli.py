@@ -311,7 +311,8 @@ def bench_train(job: Annotated[str, typer.Option(help="Job YAML (CSV/TSV train +
 @bench_app.command("score")
 def bench_score(rows: Annotated[int, typer.Option(
                     help="Rows: the dev set's texts, repeated (0 = the dev set once)")] = 20000,
-                batch_size: Annotated[int, typer.Option(help="Rows per forward pass")] = 64,
+                batch_size: Annotated[Optional[int], typer.Option(
+                    help="Rows per forward pass (default: 64 on CPU, 256 on a GPU)")] = None,
                 compare: Annotated[bool, typer.Option(
                     help="Also run the transformers pipeline and the bare loop")] = True,
                 data_file: Annotated[Optional[str], typer.Option(help="GoEmotions-style TSV")] = None,

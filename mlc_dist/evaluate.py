@@ -44,7 +44,7 @@ def run(job: JobConfig) -> dict:
     model_dir = job.score_model
     meta = read_meta(model_dir)
     names = list(meta.label_space.names)
-    init_ray(min_cpus=job.score.num_actors)
+    init_ray(min_cpus=job.score.num_actors or 1)
     cfg = meta.data_config(job.data)
     labels_table, num_unscored = None, 0
     if job.evaluate.labels:
@@ -56,7 +56,7 @@ def run(job: JobConfig) -> dict:
     ds = data.read_labelled(input_paths, cfg, meta.label_space, labels_table=labels_table,
                             skip_unlabelled=labels_table is not None)
     scored = score_dataset(job, ds, model_dir, meta.max_length, [data.LABELS],
-                           job.evaluate.batch_size)
+                           job.evaluate.batch_size or job.score.batch_size)
     labels, probs = collect(scored, meta.outputs.score_columns())
     evaluation = metrics.report(labels, probs, meta.thresholds, names, job.train.threshold_beta,
                                 meta.threshold_rules)

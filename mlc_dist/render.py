@@ -223,7 +223,7 @@ def raycronjob(job: JobConfig, job_path: str, image: str, overrides: list[str],
             "schedule": schedule,
             "timeZone": "Etc/UTC",  # the schedule's clock is the one `yesterday` is read on
             "jobTemplate": _rayjob_spec(job, image, command, NIGHTLY_DEADLINE_S,
-                                        job.score.num_actors),
+                                        job.score.num_actors or 1),
         },
     }
 

@@ -30,6 +30,35 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return None
 
 
+def _cuda_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)  # the one GPU Ray assigned (CUDA_VISIBLE_DEVICES)
+
+
+def worker_gpu_name(use_gpu: bool, timeout_s: float = 300.0) -> str | None:
+    """The GPU the training workers get, named by a Ray task that holds one (num_gpus=1), as a
+    worker would: the driver may have no GPU, or another kind. None for a CPU job, a cluster
+    with no GPU, or no answer within `timeout_s` (MFU is then left out)."""
+    if not use_gpu:
+        return None
+    import logging
+
+    import ray
+
+    log = logging.getLogger(__name__)
+    if not ray.cluster_resources().get("GPU"):
+        log.warning("scaling.use_gpu, but the Ray cluster has no GPU: no GPU name, no MFU")
+        return None
+    ref = ray.remote(num_gpus=1, num_cpus=0)(_cuda_name).remote()
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        log.warning("no GPU free for %.0f s to read its name: no MFU", timeout_s)
+        return None
+
+
 def training_flops_per_token(model_name: str, seq_len: float) -> float:
     """6 x non-embedding parameters (forward + backward) plus attention, 12 x layers x width x T."""
     import torch
@@ -44,6 +73,21 @@ def training_flops_per_token(model_name: str, seq_len: float) -> float:
     return 6.0 * params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
+def forward_flops_per_token(model_name: str, seq_len: float) -> float:
+    """A forward pass: a third of training's (2 x parameters + 4 x layers x width x T)."""
+    return training_flops_per_token(model_name, seq_len) / 3.0
+
+
+def utilisation(flops_per_token: float, tokens_per_s: float | None,
+                gpu_name: str | None) -> float | None:
+    """Model FLOPs utilisation of one GPU: achieved FLOP/s over its dense bf16/fp16 peak; None
+    without a known GPU (CPU runs) or a rate."""
+    peak = peak_tflops(gpu_name)
+    if not peak or not tokens_per_s:
+        return None
+    return flops_per_token * tokens_per_s / (peak * 1e12)
+
+
 def run_job(job: JobConfig, num_workers: int, steps: int, out_dir: str) -> JobConfig:
     tree = job.model_dump()
     tree["run"] = {"name": f"w{num_workers}", "output_dir": out_dir}
@@ -56,8 +100,6 @@ def run_job(job: JobConfig, num_workers: int, steps: int, out_dir: str) -> JobCo
 
 def sweep(job: JobConfig, workers: list[int], steps: int, peak: float | None = None) -> dict:
     """Train at each worker count (fresh runs, no resume) and write scaling.{csv,md,png}."""
-    import torch
-
     from mlc_dist.runtime import init_ray
     from mlc_dist.train import fit
 
@@ -69,7 +111,7 @@ def sweep(job: JobConfig, workers: list[int], steps: int, peak: float | None = N
     out_dir = job.run_dir + "-scale"  # beside the job's runs: local, or on the object store
     out_dir = out_dir if storage.is_uri(out_dir) else os.path.abspath(out_dir)
     init_ray(min_cpus=max(workers) * job.scaling.cpus_per_worker)
-    gpu = torch.cuda.get_device_name(0) if job.scaling.use_gpu and torch.cuda.is_available() else None
+    gpu = worker_gpu_name(job.scaling.use_gpu)  # the workers' GPU, not the driver's
     peak = peak or peak_tflops(gpu)
     rows = []
     for n in workers:

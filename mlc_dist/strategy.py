@@ -31,10 +31,40 @@ def _qualified(obj) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The single-device model inside DDP and torch.compile wrappers: what is saved and
+    exported, so its state_dict has neither `module.` nor `_orig_mod.` prefixes."""
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def compile_model(model: nn.Module, num_shapes: int | None = None) -> nn.Module:
+    """torch.compile with static shapes (dynamic=False): one graph per input shape, each
+    specialised. Bounded because batches are padded to multiples of data.pad_to_multiple_of up
+    to data.max_length (widths), at the full batch size and an epoch's last, smaller one:
+    `num_shapes` (JobConfig.compile_shapes) raises dynamo's recompile limit (8) to fit them, so
+    no shape falls back to eager. Compiling the DDP wrapper lets dynamo split graphs at DDP's
+    bucket boundaries (DDPOptimizer), overlapping all-reduce with backward."""
+    import torch._dynamo
+
+    if num_shapes:
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, num_shapes)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
+                                                 4 * num_shapes)
+    return torch.compile(model, dynamic=False)
+
+
 class DDPEngine:
     """DDP via Ray Train, AdamW with linear warmup/decay, AMP, accumulation and clipping."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, num_training_steps: int):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, num_training_steps: int,
+                 num_shapes: int | None = None):
         import ray.train.torch
         from transformers import get_linear_schedule_with_warmup
 
@@ -56,6 +86,9 @@ class DDPEngine:
                 "find_unused_parameters": find_unused, "gradient_as_bucket_view": True,
                 "broadcast_buffers": any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                          for m in model.modules())})
+        self._module = unwrap(self.model)
+        if cfg.compile:  # after DDP wraps it; the optimizer takes the same parameters
+            self.model = compile_model(self.model, num_shapes)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            fused=self.device.type == "cuda")
         self.scheduler = get_linear_schedule_with_warmup(
@@ -65,8 +98,8 @@ class DDPEngine:
 
     @property
     def module(self) -> nn.Module:
-        """The single-device model inside the wrapper (what gets saved and exported)."""
-        return getattr(self.model, "module", self.model)
+        """The single-device model inside the wrappers (what gets saved and exported)."""
+        return self._module
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=_DTYPES[self.cfg.precision],
@@ -106,7 +139,9 @@ class DDPEngine:
     @property
     def description(self) -> dict:
         """What actually wraps the model (on 1 worker Ray leaves it unwrapped), for metrics.json."""
-        return {"wrapper": _qualified(self.model)}
+        compiled = isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule)
+        wrapper = self.model._orig_mod if compiled else self.model
+        return {"wrapper": _qualified(wrapper), **({"compiled": True} if compiled else {})}
 
     def export_state_dict(self) -> dict | None:
         """Full weights for the export when the module does not hold them (None: it does)."""
@@ -242,9 +277,11 @@ class DeepSpeedEngine:
 
 
 def prepare(model: nn.Module, cfg: TrainConfig, num_training_steps: int,
-            ds_config: dict | None = None) -> DDPEngine | DeepSpeedEngine:
+            ds_config: dict | None = None, num_shapes: int | None = None
+            ) -> DDPEngine | DeepSpeedEngine:
     """The engine for `cfg.strategy`, with `train.precision` resolved on this worker's device
-    (auto: bf16 where the GPU has it natively, fp16 on older GPUs, fp32 on CPU)."""
+    (auto: bf16 where the GPU has it natively, fp16 on older GPUs, fp32 on CPU); `train.compile`
+    compiles the DDP model for at most `num_shapes` input shapes (JobConfig.compile_shapes)."""
     import ray.train.torch
 
     from mlc_dist.precision import resolve
@@ -260,4 +297,4 @@ def prepare(model: nn.Module, cfg: TrainConfig, num_training_steps: int,
         for key in ("bf16", "fp16"):
             ds_config[key] = {**ds_config.get(key, {}), "enabled": cfg.precision == key}
         return DeepSpeedEngine(model, cfg, num_training_steps, ds_config)
-    return DDPEngine(model, cfg, num_training_steps)
+    return DDPEngine(model, cfg, num_training_steps, num_shapes)

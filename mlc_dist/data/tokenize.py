@@ -9,7 +9,7 @@ import functools
 import numpy as np
 import ray.data
 
-from mlc_dist.config import DataConfig
+from mlc_dist.config import GPU_PAD_MULTIPLE, DataConfig  # noqa: F401 (re-exported)
 from mlc_dist.data.read import FEATURES, TEXT, TEXT_PAIR
 
 
@@ -61,10 +61,24 @@ def padding_of(tokenizer) -> tuple[int, str]:
     return tokenizer.pad_token_id, tokenizer.padding_side
 
 
+def padded_width(longest: int, multiple: int = 1, max_width: int | None = None) -> int:
+    """The width a batch whose longest row has `longest` tokens is padded to: rounded up to
+    `multiple` (tensor-core tiles; a bounded set of shapes for torch.compile), but never past
+    `max_width` (data.max_length: the tokenizer's cap, within the model's position embeddings)
+    unless a row is longer itself. With max_length a multiple of `multiple` (128, 512) every
+    width is a multiple; otherwise the longest batches take max_length, one more shape."""
+    if longest <= 0:
+        return 0
+    width = -(-longest // multiple) * multiple
+    return max(longest, min(width, max_width)) if max_width is not None else width
+
+
 def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int,
-              padding_side: str = "right") -> dict[str, np.ndarray]:
-    """Pad ragged token columns to the longest row of this batch (dynamic padding), on the
-    tokenizer's `padding_side`.
+              padding_side: str = "right", multiple: int = 1,
+              max_width: int | None = None) -> dict[str, np.ndarray]:
+    """Pad ragged token columns to the longest row of this batch (dynamic padding), rounded up
+    to `multiple` and capped at `max_width` (see `padded_width`), on the tokenizer's
+    `padding_side`. The attention mask is 0 on every added position, so scores do not change.
 
     Written here rather than `tokenizer.pad` because the rows arrive as numpy arrays and a
     per-row list conversion would dominate the step time on CPU.
@@ -73,7 +87,7 @@ def pad_batch(batch: dict[str, np.ndarray], pad_token_id: int,
         return {FEATURES: np.asarray(batch[FEATURES], dtype=np.float32)}
     ids = batch["input_ids"]
     lengths = np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
-    width = int(lengths.max()) if len(ids) else 0
+    width = padded_width(int(lengths.max()) if len(ids) else 0, multiple, max_width)
     positions = np.arange(width)[None, :]
     # [B, T]; row-major, so each row's tokens fill its True positions in order
     mask = positions >= (width - lengths)[:, None] if padding_side == "left" else \

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from mlc_dist import data, storage
-from mlc_dist.config import JobConfig, JobConfigError
+from mlc_dist.config import SCORE_BATCH_CPU, JobConfig, JobConfigError
 from mlc_dist.data import textspec
 from mlc_dist.models.outputs import PRED_PREFIX, SCORE_PREFIX, OutputSchema
 
@@ -172,6 +172,7 @@ def prepare_backend(job: JobConfig, model_dir: str) -> dict | None:
         return {"backend": "onnx", "graph_sha256": onnx_digest(model_dir, "onnx")}
     fs, inner = storage.filesystem(sc.parity_sample)
     info = fs.get_file_info(inner)
-    figures = _gated(model_dir, sc.parity_sample, sc.batch_size, (info.size, info.mtime_ns))
+    figures = _gated(model_dir, sc.parity_sample, sc.batch_size or SCORE_BATCH_CPU,
+                     (info.size, info.mtime_ns))
     return {"backend": "onnx-int8", "graph_sha256": figures["int8_graph_sha256"],
             "parity": figures}

@@ -17,7 +17,7 @@ import torch
 from mlc_dist import data
 from mlc_dist.data import textspec
 from mlc_dist.artifacts import ModelMeta
-from mlc_dist.config import JobConfig
+from mlc_dist.config import SCORE_BATCH_CPU, SCORE_BATCH_GPU, JobConfig
 from mlc_dist.precision import resolve
 from mlc_dist.scoring.textcheck import OK, REASON, SCORED, CheckText
 
@@ -39,6 +39,21 @@ def assigned_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Rows per forward pass when score.batch_size is unset: 256 on a GPU, 64 on CPU."""
+    return SCORE_BATCH_GPU if device.type == "cuda" else SCORE_BATCH_CPU
+
+
+def pool_size(job: JobConfig) -> int:
+    """Scoring actors: score.num_actors, or when unset one per GPU of the (running) Ray cluster
+    on a GPU job (at least 1: an autoscaling cluster may start with none), else 1."""
+    if job.score.num_actors:
+        return job.score.num_actors
+    if not job.scaling.use_gpu:
+        return 1
+    return max(1, int(ray.cluster_resources().get("GPU", 0)))
+
+
 def actor_threads(num_actors: int, reserved_cpus: float) -> int:
     """Torch threads for one scoring actor: its node's CPUs (as Ray counts them, cgroup limits
     included) shared by the pool, and never fewer than it reserved. Computed in the actor, on its
@@ -52,14 +67,16 @@ class Scorer:
     """Loads the exported model once per actor; maps token batches to per-label scores.
 
     Each incoming batch is a window: its rows are ordered by length and run in sub-batches of
-    `batch_size`, each padded to its own longest row, then put back in the window's order. Rows
+    `batch_size`, each padded to its own longest row (rounded up to `pad_to_multiple_of`, never
+    past the model's max_length), then put back in the window's order. Rows
     whose `_reason` says not to score get NaN scores (the job quarantines them). The
     `passthrough` columns (ids, and `_reason` when the caller wants it back) are copied as is.
     """
 
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
-                 num_threads: int | None = None, batch_size: int = 64, backend: str = "torch",
-                 export_digest: str | None = None):
+                 num_threads: int | None = None, batch_size: int | None = None,
+                 backend: str = "torch",
+                 export_digest: str | None = None, pad_to_multiple_of: int = 1):
         from mlc_dist.artifacts import load_export, verify_export
         from mlc_dist.scoring.onnx_backend import load_onnx
 
@@ -79,7 +96,12 @@ class Scorer:
                 resolve_precision(precision, self.device)]
             self.model.to(self.device, dtype)
         self.pad_token_id, self.padding_side = data.padding_of(tokenizer)
-        self.passthrough, self.batch_size = passthrough, batch_size
+        # Unset: by device (ONNX Runtime runs on CPU).
+        self.passthrough = passthrough
+        self.batch_size = batch_size or default_batch_size(
+            torch.device("cpu") if self.onnx is not None else self.device)
+        # pad_batch's width rule: a multiple of this, capped at the length the model takes.
+        self.padding = dict(multiple=pad_to_multiple_of, max_width=self.meta.max_length)
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32)
         self.outputs = self.meta.outputs
 
@@ -105,13 +127,14 @@ class Scorer:
 
     def _forward(self, tokens: dict[str, np.ndarray]) -> torch.Tensor:
         if self.onnx is not None:
-            padded = data.pad_batch(tokens, self.pad_token_id, self.padding_side)
+            padded = data.pad_batch(tokens, self.pad_token_id, self.padding_side,
+                                    **self.padding)
             logits = torch.from_numpy(self.onnx(padded))
             return self.outputs.probabilities(logits)
         cuda = self.device.type == "cuda"
         inputs = {k: self._to_device(torch.from_numpy(v), cuda)
-                  for k, v in data.pad_batch(tokens, self.pad_token_id,
-                                             self.padding_side).items()}
+                  for k, v in data.pad_batch(tokens, self.pad_token_id, self.padding_side,
+                                             **self.padding).items()}
         logits = self.model(**inputs).logits
         return self.outputs.probabilities(logits.float())  # [B, num_outputs], on the device
 
@@ -125,10 +148,10 @@ class _PoolScorer(Scorer):
     """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
 
     def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
-                 reserved_cpus, backend="torch", export_digest=None):
+                 reserved_cpus, backend="torch", export_digest=None, pad_to_multiple_of=1):
         super().__init__(model_dir, passthrough, precision,
                          threads or actor_threads(num_actors, reserved_cpus), batch_size, backend,
-                         export_digest)
+                         export_digest, pad_to_multiple_of)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -166,21 +189,22 @@ def scored_dataset(job: JobConfig, paths: list[str], model_dir: str, meta: Model
 
 
 def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_length: int,
-                  passthrough: list[str], batch_size: int,
+                  passthrough: list[str], batch_size: int | None,
                   export_digest: str | None = None) -> ray.data.Dataset:
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     from mlc_dist.scoring import parity
 
     sc = job.score
+    num_actors = pool_size(job)
     # onnx-int8: the parity gate first (refuses a bad quantization); graphs made on the driver.
     parity.prepare_backend(job, model_dir)
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     return ds.map_batches(
         _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
-                                          sc.threads_per_actor, batch_size, sc.num_actors,
+                                          sc.threads_per_actor, batch_size, num_actors,
                                           job.scaling.cpus_per_worker, sc.backend,
-                                          export_digest),
+                                          export_digest, job.pad_multiple),
         batch_size=sc.window_rows, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)
 

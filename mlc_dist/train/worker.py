@@ -36,15 +36,18 @@ PROGRESS_INTERVAL_S = 1.0  # rank 0 sends the driver's progress display at most 
 
 
 class Collate(NumpyBatchCollateFn):
-    """Ragged token rows -> padded CPU tensors, padded to this batch's longest row on the
-    tokenizer's side (data.padding_of)."""
+    """Ragged token rows -> padded CPU tensors, padded to this batch's longest row rounded up
+    to `multiple` (never past `max_width`, data.max_length) on the tokenizer's side
+    (data.padding_of, data.pad_batch)."""
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+    def __init__(self, pad_token_id: int, padding_side: str = "right", multiple: int = 1,
+                 max_width: int | None = None):
         self.pad_token_id, self.padding_side = pad_token_id, padding_side
+        self.multiple, self.max_width = multiple, max_width
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         out = {k: torch.from_numpy(v) for k, v in data.pad_batch(
-            batch, self.pad_token_id, self.padding_side).items()}
+            batch, self.pad_token_id, self.padding_side, self.multiple, self.max_width).items()}
         # np.array copies: Ray hands out read-only views, which torch.from_numpy warns about.
         out["labels"] = torch.from_numpy(np.array(batch[data.LABELS], dtype=np.float32))
         return out
@@ -164,14 +167,15 @@ class Worker:
         self.validation_stats = config.get("validation_stats")  # rows and positives, to check
         self.engine = strategy.prepare(model, job.train, self.total_steps,
                                        job.deepspeed_config() if job.train.strategy == "deepspeed"
-                                       else None)
+                                       else None, num_shapes=job.compile_shapes)
         self.outputs = OutputSchema(space, job.model.head)
         self.loss_fn = build_loss(self.outputs, config["pos_weight"]).to(self.engine.device)
         self.meta = ModelMeta(space, [0.5] * len(space), job.data.text_column,
                               job.data.text_pair_column, job.data.max_length, job.model.name,
                               job.model.kind, job.model.head, job.data.feature_columns,
                               job.data.text_template)
-        self.collate = Collate(*data.padding_of(self.tokenizer))
+        self.collate = Collate(*data.padding_of(self.tokenizer), job.pad_multiple,
+                               job.data.max_length)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("validation")
         self.progress = config.get("progress") if self.rank == 0 else None
