@@ -250,10 +250,11 @@ class TrainConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     threshold_beta: float = Field(1.0, gt=0)  # 2 favours recall (F2); also reported when != 1
     # per_label: a label with fewer validation positives than this takes the fallback threshold
-    # (global: the micro-F threshold over all labels; fixed: `threshold`) instead of its own,
-    # which a handful of positives overfits (GoEmotions' grief, 8 positives: 0.006).
+    # instead of its own, which a handful of positives overfits (GoEmotions' grief, 8
+    # positives: 0.006). prevalence: the cut that calls as many validation rows positive as the
+    # label has positives; global: the micro-F threshold over all labels; fixed: `threshold`.
     threshold_min_support: int = Field(30, ge=1)
-    threshold_fallback: Literal["global", "fixed"] = "global"
+    threshold_fallback: Literal["prevalence", "global", "fixed"] = "prevalence"
     # > 0: a label with n positives gets (n * own + k * global) / (n + k), k = this.
     threshold_shrinkage: float = Field(0.0, ge=0)
     folds: int | None = Field(None, ge=2)  # k-fold multilabel-stratified cross-validation

@@ -14,7 +14,7 @@ import numpy as np
 # and the scoring actors, which only threshold (predict), start that much sooner without it.
 
 THRESHOLD_STRATEGIES = ("per_label", "global", "fixed")
-THRESHOLD_FALLBACKS = ("global", "fixed")
+THRESHOLD_FALLBACKS = ("prevalence", "global", "fixed")
 
 
 def per_label_auc(labels: np.ndarray, probs: np.ndarray) -> list[float | None]:
@@ -93,8 +93,8 @@ class Thresholds:
     metrics.json and the report).
 
     rules[j]: "tuned" (the label's own validation F-beta), "shrunk" (its own, pulled towards the
-    global threshold), "fallback_global" / "fallback_fixed" (fewer validation positives than
-    min_support: the global micro-F threshold / the fixed one), "global" or "fixed" (strategy).
+    global threshold), "fallback_prevalence" / "fallback_global" / "fallback_fixed" (fewer
+    validation positives than min_support: see tune_thresholds), "global" or "fixed" (strategy).
     """
 
     values: list[float]
@@ -109,13 +109,17 @@ class Thresholds:
 
 def tune_thresholds(labels: np.ndarray, probs: np.ndarray, strategy: str = "per_label",
                     beta: float = 1.0, fixed: float = 0.5, min_support: int = 1,
-                    fallback: str = "global", shrinkage: float = 0.0) -> Thresholds:
+                    fallback: str = "prevalence", shrinkage: float = 0.0) -> Thresholds:
     """Decision thresholds chosen on validation rows.
 
     per_label: each label's threshold maximizes its own F-beta, if it has at least
-    `min_support` positives; otherwise it falls back to `fallback` (global: the micro-F
-    threshold below; fixed: `fixed`). With `shrinkage` k > 0 a label with n positives gets
-    (n * own + k * global) / (n + k): rare labels lean on the pooled estimate.
+    `min_support` positives; otherwise it falls back to `fallback`:
+      prevalence: the cut that calls as many validation rows positive as the label has
+        positives (n), halfway between the n-th and (n+1)-th highest scores: set by every
+        validation row's score, not by where a handful of positives landed, and it cannot
+        flood (a label with no positive gets the global threshold);
+      global: the micro-F threshold over all labels (below); fixed: `fixed`.
+    With `shrinkage` k > 0 a label with n positives gets (n * own + k * global) / (n + k).
     global: one threshold for all labels maximizes micro F-beta (micro F over a matrix is F
     over its flattened elements). fixed: `fixed` everywhere.
     A threshold sits halfway between the validation score it was chosen at and the next lower
@@ -137,8 +141,10 @@ def tune_thresholds(labels: np.ndarray, probs: np.ndarray, strategy: str = "per_
     values, rules = [], []
     for j, n in enumerate(support):
         if n < max(min_support, 1):
-            values.append(pooled if fallback == "global" else float(fixed))
-            rules.append(f"fallback_{fallback}")
+            rule = "global" if fallback == "prevalence" and n == 0 else fallback
+            values.append({"prevalence": lambda: _prevalence_threshold(probs[:, j], n),
+                           "global": lambda: pooled, "fixed": lambda: float(fixed)}[rule]())
+            rules.append(f"fallback_{rule}")
         elif shrinkage > 0:
             own = _best_threshold(labels[:, j], probs[:, j], beta)
             values.append(float((n * own + shrinkage * pooled) / (n + shrinkage)))
@@ -147,6 +153,13 @@ def tune_thresholds(labels: np.ndarray, probs: np.ndarray, strategy: str = "per_
             values.append(_best_threshold(labels[:, j], probs[:, j], beta))
             rules.append("tuned")
     return Thresholds(values, rules, support, pooled)
+
+
+def _prevalence_threshold(p: np.ndarray, n: int) -> float:
+    """Halfway between the n-th and (n+1)-th highest of `p` (n >= 1): `p >= t` calls n rows
+    positive (more only where scores tie)."""
+    top = np.sort(p)[::-1]
+    return float((top[n - 1] + (top[n] if n < len(top) else 0.0)) / 2)
 
 
 def _best_threshold(y: np.ndarray, p: np.ndarray, beta: float) -> float:

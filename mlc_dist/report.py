@@ -24,10 +24,11 @@ TABLE_COLUMNS = ["label", "support", "threshold", "threshold_rule", "precision",
                  "f1_at_0.5", "auc"]
 #: What report pages and `evaluate` say about a threshold_rule (metrics.Thresholds).
 RULES_NOTE = ("threshold_rule: tuned = the label's own best validation F; shrunk = its own, pulled "
-              "towards the global threshold; fallback_global / fallback_fixed = too few "
-              "validation positives (train.threshold_min_support), so the micro-F threshold over "
-              "all labels / train.threshold; a threshold sits halfway between two validation "
-              "scores.")
+              "towards the global threshold; fallback_* = too few validation positives "
+              "(train.threshold_min_support): fallback_prevalence calls as many validation rows "
+              "positive as the label has positives, fallback_global takes the micro-F threshold "
+              "over all labels, fallback_fixed train.threshold; a threshold sits halfway between "
+              "two validation scores.")
 HEADLINE = ["num_rows", "mean_auc", "micro_f1", "micro_f1_tuned", "macro_f1", "macro_f1_tuned",
             "weighted_f1", "weighted_f1_tuned", "samples_f1", "samples_f1_tuned",
             "subset_accuracy", "subset_accuracy_tuned", "hamming_loss", "hamming_loss_tuned"]

@@ -10,6 +10,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from mlc_dist import data, logs, metrics, progress, storage
-from mlc_dist.artifacts import read_meta
+from mlc_dist.artifacts import read_meta, write_meta
 from mlc_dist.config import JobConfig
 from mlc_dist.data import textspec
 from mlc_dist.losses import prior_bias
@@ -26,7 +27,7 @@ from mlc_dist.models import resolve_model_path
 from mlc_dist.models.outputs import OutputSchema
 from mlc_dist.train import resume
 from mlc_dist.train.state import TrainState
-from mlc_dist.train.worker import STATE_FILE, VAL_FILE, train_loop_per_worker
+from mlc_dist.train.worker import STATE_FILE, VAL_FILE, train_loop_per_worker, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +163,43 @@ def build_trainer(job: JobConfig, inputs: Inputs, progress_sink=None):
     )
 
 
-def export_checkpoint(checkpoint, run_dir: str) -> tuple[TrainState, str, dict | None]:
+def export_checkpoint(checkpoint, run_dir: str,
+                      tcfg=None) -> tuple[TrainState, str, dict | None]:
     """Copy the checkpoint's model to <run_dir>/model (local or object store); (its TrainState,
-    that folder, the last validation's probs/labels, which only binary heads leave)."""
+    that folder, the last validation's probs/labels, which only binary heads leave).
+
+    With `tcfg`, the export's thresholds are tuned again from those stored predictions with the
+    job's threshold settings: a rerun that changed them re-evaluates, but the checkpoint
+    exported may be an earlier one, tuned under the old settings.
+    """
     state = TrainState()
     with checkpoint.as_directory() as directory:
         state.load_state_dict(torch.load(os.path.join(directory, STATE_FILE), weights_only=True))
-        export_dir = storage.join(run_dir, "model")
-        storage.publish_dir(os.path.join(directory, "model"), export_dir)
         val_file = os.path.join(directory, VAL_FILE)
         val = dict(np.load(val_file)) if os.path.exists(val_file) else None
+        export_dir = storage.join(run_dir, "model")
+        with tempfile.TemporaryDirectory() as tmp:
+            source = _retuned(os.path.join(directory, "model"), val, tcfg, tmp)
+            storage.publish_dir(source, export_dir)
     return state, export_dir, val
+
+
+def _retuned(model_dir: str, val: dict | None, tcfg, tmp: str) -> str:
+    """`model_dir`, or a copy under `tmp` whose thresholds follow `tcfg`, if they differ."""
+    if val is None or tcfg is None:
+        return model_dir
+    meta = read_meta(model_dir)
+    tuned = tune_thresholds(tcfg, val["labels"], val["probs"])
+    if meta.thresholds == tuned.values and meta.threshold_rules and all(
+            meta.extra.get(k) == v for k, v in tuned.meta().items()):
+        return model_dir
+    copy = os.path.join(tmp, "model")
+    shutil.copytree(model_dir, copy)
+    meta.thresholds = tuned.values
+    meta.extra.update(tuned.meta())
+    write_meta(copy, meta)
+    log.info("export thresholds tuned again with the job's threshold settings")
+    return copy
 
 
 def read_state(checkpoint) -> TrainState:
@@ -270,7 +297,7 @@ def fit(job: JobConfig) -> dict:
     resume.raise_if_resume_failed(out_dir)
     timing = {"wall": time.perf_counter() - started, "started_at": started_at}
     checkpoint, final, selection = select_checkpoint(result, job.train)
-    exported, export_dir, val = export_checkpoint(checkpoint, out_dir)
+    exported, export_dir, val = export_checkpoint(checkpoint, out_dir, job.train)
     state = exported if checkpoint.path == result.checkpoint.path else read_state(
         result.checkpoint)
     if selection:

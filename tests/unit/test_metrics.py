@@ -142,24 +142,35 @@ def _rare_and_common(seed=0):
     return labels, probs
 
 
-def test_labels_below_min_support_fall_back_to_the_global_threshold():
+def test_labels_below_min_support_fall_back_to_a_stated_rule():
     labels, probs = _rare_and_common()
     own = metrics.tune_thresholds(labels, probs)  # min_support 1: every label its own
     assert own.rules == ["tuned", "tuned"]
-    pooled = metrics.tune_thresholds(labels, probs, "global").values[0]
+    # prevalence (the default): the rare label's cut calls exactly as many validation rows
+    # positive as it has positives (5), halfway between the 5th and 6th highest scores.
     tuned = metrics.tune_thresholds(labels, probs, min_support=30)
-    assert tuned.rules == ["tuned", "fallback_global"] and tuned.support == [200, 5]
-    assert tuned.values == [own.values[0], pooled] and tuned.global_value == pooled
-    assert own.values[1] != pooled
+    assert tuned.rules == ["tuned", "fallback_prevalence"] and tuned.support == [200, 5]
+    top = np.sort(probs[:, 1])[::-1]
+    assert tuned.values == [own.values[0], pytest.approx((top[4] + top[5]) / 2)]
+    assert int((probs[:, 1] >= tuned.values[1]).sum()) == 5
+    assert own.values[1] != tuned.values[1]
+    # global: the micro-F threshold over every label; fixed: train.threshold.
+    pooled = metrics.tune_thresholds(labels, probs, "global").values[0]
+    glob = metrics.tune_thresholds(labels, probs, min_support=30, fallback="global")
+    assert glob.values == [own.values[0], pooled] and glob.rules == ["tuned", "fallback_global"]
     fixed = metrics.tune_thresholds(labels, probs, min_support=30, fallback="fixed", fixed=0.4)
     assert fixed.values == [own.values[0], 0.4] and fixed.rules == ["tuned", "fallback_fixed"]
     with pytest.raises(ValueError, match="threshold fallback"):
         metrics.tune_thresholds(labels, probs, fallback="median")
+    # A label with no validation positive has no prevalence to match: the global threshold.
+    none = metrics.tune_thresholds(np.c_[labels[:, :1], np.zeros(1000, np.int8)], probs,
+                                   min_support=30)
+    assert none.rules == ["tuned", "fallback_global"] and none.values[1] == none.global_value
     # The report lists the fallbacks with the support they were decided on.
     out = metrics.report(labels, probs, tuned.values, ["common", "rare"], rules=tuned.meta())
-    assert out["threshold_fallbacks"] == [{"label": "rare", "rule": "fallback_global",
-                                           "threshold": pooled, "validation_support": 5}]
-    assert [r["threshold_rule"] for r in out["per_label"]] == ["tuned", "fallback_global"]
+    assert out["threshold_fallbacks"] == [{"label": "rare", "rule": "fallback_prevalence",
+                                           "threshold": tuned.values[1], "validation_support": 5}]
+    assert [r["threshold_rule"] for r in out["per_label"]] == ["tuned", "fallback_prevalence"]
 
 
 def test_shrinkage_pulls_a_label_towards_the_global_threshold_by_its_support():

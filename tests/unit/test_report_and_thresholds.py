@@ -59,13 +59,13 @@ def test_tables_one_row_per_label(evaluated):
     assert "n/a" in threat  # no positives: undefined, not 0
     text = report.to_text(evaluation)
     assert "macro_f1=" in text and "macro_f1_tuned=" in text and "subset_accuracy" in text
-    # Each threshold's rule is in the table: obscene (about 30 positives < 35) fell back to the
-    # global threshold, threat (none) too; the others are their own.
+    # Each threshold's rule is in the table: obscene (about 30 positives < 35) fell back to
+    # matching its prevalence, threat (none) to the global threshold; the others are their own.
     rules = dict(zip(frame["label"], frame["threshold_rule"]))
-    assert rules == {"toxic": "tuned", "obscene": "fallback_global", "threat": "fallback_global",
-                     "insult": "tuned"}
+    assert rules == {"toxic": "tuned", "obscene": "fallback_prevalence",
+                     "threat": "fallback_global", "insult": "tuned"}
     assert [f["label"] for f in evaluation["threshold_fallbacks"]] == ["obscene", "threat"]
-    assert "fallback_global" in threat and "fallback_global" in text
+    assert "fallback_global" in threat and "fallback_prevalence" in text
 
 
 def test_stored_thresholds_change_scorer_predictions(tmp_path, tiny_bert):
