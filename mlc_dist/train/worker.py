@@ -92,6 +92,13 @@ def evaluate(engine, shard, collate: Collate, batch_size: int, rank: int, world:
     return (_gather(cat(probs, outputs.num_outputs)), _gather(cat(labels, len(outputs.names))))
 
 
+def tune_thresholds(tcfg, labels: np.ndarray, probs: np.ndarray) -> metrics.Thresholds:
+    """The job's threshold settings (train.threshold*) applied to validation predictions."""
+    return metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy, tcfg.threshold_beta,
+                                   tcfg.threshold, tcfg.threshold_min_support,
+                                   tcfg.threshold_fallback, tcfg.threshold_shrinkage)
+
+
 def check_coverage(labels: np.ndarray, expected: dict | None) -> None:
     """Each validation row evaluated exactly once across ranks: the gathered rows and per-label
     label sums equal the validation set's statistics (a row seen twice or missed changes them),
@@ -308,7 +315,8 @@ class Worker:
             state.evals_since_best = 0
             return
         state.evals_since_best += 1
-        if self.patience_spent() and state.stopped_early_at is None:
+        # Patience spent at the run's last evaluation is no early stop: nothing was left to train.
+        if self.patience_spent() and state.stopped_early_at is None and not self.finished():
             state.stopped_early_at = state.global_step
             if self.rank == 0:
                 log.info("early stopping at step %d: %s has not improved on %s (step %s) in %d "
@@ -368,10 +376,7 @@ class Worker:
             figures = metrics.head_summary(self.outputs, labels, probs, self.meta.thresholds)
             return {f"val_{k}": v for k, v in figures.items()}
         # Identical on every rank (gathered arrays), so the exported thresholds agree.
-        tuned = metrics.tune_thresholds(labels, probs, tcfg.threshold_strategy,
-                                        tcfg.threshold_beta, tcfg.threshold,
-                                        tcfg.threshold_min_support, tcfg.threshold_fallback,
-                                        tcfg.threshold_shrinkage)
+        tuned = tune_thresholds(tcfg, labels, probs)
         self.meta.thresholds = tuned.values
         self.meta.extra.update(tuned.meta())  # how each came about, stored with the model
         self.last_eval = {"probs": probs, "labels": labels}

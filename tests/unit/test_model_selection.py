@@ -18,7 +18,7 @@ from mlc_dist.train.worker import Worker
 def _worker(**train) -> Worker:
     w = object.__new__(Worker)  # only what track_best reads: the job, the state, the rank
     w.job = validate_job({"run": {"name": "t"}, "train": train})
-    w.state, w.rank = TrainState(), 0
+    w.state, w.rank, w.total_steps = TrainState(), 0, 10**6
     return w
 
 
@@ -40,6 +40,16 @@ def test_patience_counts_evaluations_without_an_improvement_beyond_min_delta():
     _evaluate(w, 10, 0.74)
     assert (w.state.evals_since_best, w.state.stopped_early_at) == (3, 10)
     assert w.state.best["step"] == 4
+
+
+def test_patience_spent_at_the_last_step_is_no_early_stop():
+    # ValueEval's recipe: the last two epoch ends without a new best, the second one the run's
+    # end; metrics.json must not say it stopped early.
+    w = _worker(checkpoint_metric="val_mean_auc", early_stopping_patience=2)
+    w.total_steps = 30
+    for step, value in ((10, 0.8), (20, 0.7), (30, 0.7)):
+        _evaluate(w, step, value)
+    assert w.patience_spent() and w.state.stopped_early_at is None
 
 
 def test_min_mode_and_the_step_metric():
