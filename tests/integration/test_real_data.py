@@ -34,17 +34,22 @@ def test_goemotions_list_layout(shared_data, ray_cluster):
     assert set(row) >= {"text", "labels", "id"} and len(row["labels"]) == 28
 
 
-def test_valueeval_labels_file_and_text_pair(shared_data, ray_cluster):
-    job = _job("valueeval.yaml", shared_data,
-               "data.train={root}/valueeval/arguments-validation.tsv",
-               "data.train_labels={root}/valueeval/labels-validation.tsv",
-               "data.validation=null", "data.validation_labels=null")
+def test_valueeval_labels_file_and_three_text_columns(shared_data, ray_cluster):
+    from mlc_dist.data import textspec
+
+    job = textspec.resolve_job(_job("valueeval.yaml", shared_data,
+                                    "data.train={root}/valueeval/arguments-validation.tsv",
+                                    "data.train_labels={root}/valueeval/labels-validation.tsv",
+                                    "data.validation=null", "data.validation_labels=null"))
+    assert job.data.text_template == "{Conclusion} [SEP] {Stance} [SEP] {Premise}"
     prepared = data.prepare(job.data, seed=0)
     assert len(prepared.label_space) == 20
     assert prepared.label_space.names[0] == "Self-direction: thought"
     assert prepared.train_stats.num_rows + prepared.validation_stats.num_rows == 1896
     rows = prepared.train.take(3)
-    assert all(r["text_pair"] and r["text"] for r in rows)
+    for r in rows:  # conclusion [SEP] stance [SEP] premise, each part there
+        conclusion, stance, premise = r["text"].split(" [SEP] ")
+        assert conclusion and premise and stance in ("in favor of", "against"), r["text"]
     labels_per_argument = (sum(prepared.train_stats.positives) + sum(
         prepared.validation_stats.positives)) / 1896
     assert 2.5 < labels_per_argument < 4.5
