@@ -11,7 +11,7 @@ from mlc_dist.data.read import (FEATURES, KEY, LABELS, LINE, PATH, READ_ERROR, T
                                 DataError, as_data_error, detect_format, expand_paths,
                                 file_format, read_table)
 from mlc_dist.data.split import Prepared, SplitStats, prepare, stratified_split
-from mlc_dist.data.tokenize import (BUCKET_WINDOW_BATCHES, GPU_PAD_MULTIPLE, Tokenize, encode,
+from mlc_dist.data.tokenize import (BUCKET_WINDOW_BATCHES, Tokenize, encode,
                                     length_buckets, load_tokenizer, pad_batch, padded_width,
                                     padding_of)
 
@@ -24,7 +24,7 @@ __all__ = [
     "read_labelled", "read_unlabelled",
     # tokenize.py
     "Tokenize", "load_tokenizer", "pad_batch", "padded_width", "padding_of",
-    "BUCKET_WINDOW_BATCHES", "GPU_PAD_MULTIPLE",
+    "BUCKET_WINDOW_BATCHES",
     "length_buckets", "encode",
     # split.py
     "SplitStats", "Prepared", "stratified_split", "prepare",

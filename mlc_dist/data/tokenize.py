@@ -9,7 +9,7 @@ import functools
 import numpy as np
 import ray.data
 
-from mlc_dist.config import GPU_PAD_MULTIPLE, DataConfig  # noqa: F401 (re-exported)
+from mlc_dist.config import DataConfig
 from mlc_dist.data.read import FEATURES, TEXT, TEXT_PAIR
 
 
