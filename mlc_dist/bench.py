@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from mlc_dist import data, metrics
+from mlc_dist import bench_rounds, data, metrics
 from mlc_dist.data import textspec
 from mlc_dist.config import JobConfig, validate_job
 from mlc_dist.models import resolve_model_path
@@ -62,7 +62,8 @@ def run_ours(job: JobConfig) -> dict:
 
     s = fit(job)
     return {"samples_per_s": s["train_samples_per_s"], "tokens_per_s": s["train_tokens_per_s"],
-            "val_auc": s["val_mean_auc"], "samples": s["train_samples"]}
+            "val_auc": s["val_mean_auc"], "samples": s["train_samples"],
+            "seconds_to_first_step": s["time_to_first_step_s"]}
 
 
 def _rows(ds) -> tuple[list[str], np.ndarray]:
@@ -137,12 +138,13 @@ def train_efficiency(model_name: str, gpu: str | None, runs: dict[str, dict]) ->
     return out
 
 
-def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 128) -> dict:
+def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 128,
+                repeats: int = bench_rounds.DEFAULT_REPEATS) -> dict:
     """On CPU: one Ray Train worker with every core against the Trainer in this process. With
     scaling.use_gpu: one GPU worker (the job's cpus_per_worker) against the Trainer recipe in a
-    Ray task holding one GPU of the same cluster, so both train on a worker's GPU."""
-    import ray
-
+    Ray task holding one GPU of the same cluster, so both train on a worker's GPU. Each of the
+    `repeats` rounds runs both (ours first, on a run of its own); the figures are the medians
+    over the rounds with their spread, the ratio taken within each round (bench_rounds)."""
     from mlc_dist.runtime import init_ray
     from mlc_dist.scale import worker_gpu_name
 
@@ -161,27 +163,14 @@ def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 1
                                 "bench")
         init_ray(min_cpus=ours_job.scaling.cpus_per_worker)
         gpu = worker_gpu_name(use_gpu)
-        started = time.perf_counter()
-        ours = run_ours(ours_job)
-        ours_wall = time.perf_counter() - started
-        if use_gpu:
-            hf = ray.get(ray.remote(num_gpus=1, num_cpus=cpus)(run_hf_trainer).remote(
-                sub, max_length))
-        else:
-            hf = run_hf_trainer(sub, max_length)
+        result = bench_rounds.combine(bench_rounds.run_rounds(
+            lambda i: _train_round(ours_job, sub, i, max_length, gpu, cpus), repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     where = (f"1 GPU worker ({gpu or 'GPU'}, {cpus:g} CPUs)" if use_gpu else
              f"{cpus:g} CPUs")
-    return {
-        **train_efficiency(job.model.name, gpu, {"ours": ours, "hf_trainer": hf}),
-        "ours_samples_per_s": ours["samples_per_s"],
-        "hf_trainer_samples_per_s": hf["samples_per_s"],
-        "ratio": ours["samples_per_s"] / hf["samples_per_s"],
-        "ours_val_auc": ours["val_auc"], "hf_trainer_val_auc": hf["val_auc"],
-        "samples": hf["samples"], "ours_samples": ours["samples"],
-        "ours_tokens_per_s": ours["tokens_per_s"], "hf_trainer_tokens_per_s": hf["tokens_per_s"],
-        "ours_wall_s_incl_startup": ours_wall, "val_rows": val_rows, "model": job.model.name,
+    result.update({
+        "val_rows": val_rows, "model": job.model.name,
         "batch_size": job.train.batch_size_per_worker, "max_length": max_length,
         "compared": (f"ours = 1 Ray Train worker (DDP engine, {where}) on a Ray cluster, "
                      "dynamic padding + length bucketing, Ray Data tokenizing; hf_trainer = "
@@ -189,5 +178,35 @@ def bench_train(job: JobConfig, samples: int, val_rows: int, max_length: int = 1
                                                 "in the driver process") +
                      ", padding='max_length'. "
                      "samples/s = training loop time only (no startup, no evaluation); "
-                     "tokens/s counts non-padding tokens for both"),
+                     "tokens/s counts non-padding tokens for both; medians over the rounds"),
+    })
+    return result
+
+
+def _train_round(ours_job: JobConfig, sub: JobConfig, i: int, max_length: int,
+                 gpu: str | None, cpus: float) -> dict:
+    """Both sides once: ours on a run of its own (a rerun of one name would resume it), then
+    the Trainer recipe on the same rows."""
+    import ray
+
+    run = ours_job.model_dump()
+    run["run"]["name"] = f"bench-{i}"
+    started = time.perf_counter()
+    ours = run_ours(validate_job(run, "bench"))
+    ours_wall = time.perf_counter() - started
+    if ours_job.scaling.use_gpu:
+        hf = ray.get(ray.remote(num_gpus=1, num_cpus=cpus)(run_hf_trainer).remote(
+            sub, max_length))
+    else:
+        hf = run_hf_trainer(sub, max_length)
+    return {
+        **train_efficiency(ours_job.model.name, gpu, {"ours": ours, "hf_trainer": hf}),
+        "ours_samples_per_s": ours["samples_per_s"],
+        "hf_trainer_samples_per_s": hf["samples_per_s"],
+        "ratio": ours["samples_per_s"] / hf["samples_per_s"],
+        "ours_val_auc": ours["val_auc"], "hf_trainer_val_auc": hf["val_auc"],
+        "samples": hf["samples"], "ours_samples": ours["samples"],
+        "ours_tokens_per_s": ours["tokens_per_s"], "hf_trainer_tokens_per_s": hf["tokens_per_s"],
+        "ours_wall_s_incl_startup": ours_wall,
+        "ours_seconds_to_first_step": ours["seconds_to_first_step"],
     }

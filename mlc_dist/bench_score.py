@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mlc_dist import bench_backends, bench_rounds
 from mlc_dist.config import DEFAULT_MODEL, validate_job
 from mlc_dist.data import textspec
 
@@ -193,18 +194,16 @@ def _write_sample(path: str, texts: list[str], labels: np.ndarray | None, meta,
 
 def run_bench(rows: int = 20000, batch_size: int | None = None, compare: bool = True,
               data_file: str | None = None, model_dir: str | None = None,
-              files: int = 1, backend: str = "torch", use_gpu: bool | None = None) -> dict:
-    """Ours end to end on `backend` (Ray start excluded; workers, imports and model load
-    included; ONNX graphs made beforehand, once per export), then the same job on FIXED_ROWS
-    rows for its fixed cost, then the pipeline and the bare loops with Ray shut down, so they
-    have the machine to themselves. `use_gpu` (default: a GPU is visible; never for the ONNX
-    backends, CPU only): all three on the GPU; `batch_size` unset: by device (64 CPU, 256 GPU)."""
-    import ray
-
-    from mlc_dist import bench_backends
+              files: int = 1, backend: str = "torch", use_gpu: bool | None = None,
+              repeats: int = bench_rounds.DEFAULT_REPEATS) -> dict:
+    """`repeats` rounds, each: ours end to end on `backend` (Ray start excluded; workers,
+    imports and model load included; ONNX graphs made beforehand, once per export), then the
+    same job on FIXED_ROWS rows for its fixed cost, then the pipeline and the bare loops with
+    Ray shut down, so they have the machine to themselves. Figures: medians over the rounds,
+    with their spread (bench_rounds). `use_gpu` (default: a GPU is visible; never for the
+    ONNX backends, CPU only): all three on the GPU; `batch_size` unset: by device (64 CPU,
+    256 GPU)."""
     from mlc_dist.artifacts import read_meta
-    from mlc_dist.runtime import init_ray
-    from mlc_dist.scale import forward_flops_per_token, worker_gpu_name
     from mlc_dist.scoring import onnx_backend
     from mlc_dist.scoring.pipeline import default_batch_size
 
@@ -219,52 +218,74 @@ def run_bench(rows: int = 20000, batch_size: int | None = None, compare: bool = 
         meta = read_meta(model_dir)
         labels = bench_backends.read_labels(data_file, rows, len(meta.label_space))
         columns = textspec.input_columns(meta)
-        input_path = _write_input(os.path.join(tmp, "input"), texts, columns, files)
-        small_path = _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS], columns)
-        sample = _write_sample(os.path.join(tmp, "parity.parquet"), texts, labels, meta)
+        paths = {"input": _write_input(os.path.join(tmp, "input"), texts, columns, files),
+                 "small": _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS], columns),
+                 "sample": _write_sample(os.path.join(tmp, "parity.parquet"), texts, labels,
+                                         meta),
+                 "tmp": tmp}
         if meta.text_template:  # the loops compared get the text scoring builds from the columns
             texts = textspec.compose_rows(meta.text_template,
                                           [dict.fromkeys(columns, t) for t in texts])
         onnx_backend.export_graphs(model_dir)  # once per export, not part of a scoring run
-        init_ray(min_cpus=1)
-        gpu = worker_gpu_name(use_gpu)  # what the scoring actor gets
-        with PeakRss() as rss:
-            ours_s, ours, summary = run_ours(model_dir, input_path, os.path.join(tmp, "out"),
-                                             batch_size, backend, sample, use_gpu)
-        # Run second, on workers the first run warmed: a low fixed cost, a conservative rate.
-        fixed_s = run_ours(model_dir, small_path, os.path.join(tmp, "out-small"), batch_size,
-                           backend, sample, use_gpu)[0]
-        ray.shutdown()
-        tokens = token_count(model_dir, texts)
-        flops = forward_flops_per_token(meta.base_model, tokens / max(len(texts), 1)) \
-            if gpu else None
-        steady = (len(texts) - FIXED_ROWS) / max(ours_s - fixed_s, 1e-9)
-        result = {"rows": len(texts), "files": files, "model": model_dir,
-                  "ours_rows_per_s": round(len(texts) / ours_s, 1),
-                  "ours_fixed_s": round(fixed_s, 1), "ours_steady_rows_per_s": round(steady, 1),
-                  "peak_rss_mb": round(rss.peak / 2**20), "rows_quarantined":
-                  summary["rows_quarantined"], "device": device, "batch_size": batch_size,
-                  "tokens": tokens}
-        pipe_s = bare_s = None
-        if compare:
-            pipe_s, pipe = run_pipeline(model_dir, texts, batch_size, device)
-            bare_s, bare = run_bare(model_dir, texts, batch_size, device)
-            result.update({
-                "pipeline_rows_per_s": round(len(texts) / pipe_s, 1),
-                "bare_rows_per_s": round(len(texts) / bare_s, 1),
-                "ratio_vs_pipeline": round(pipe_s / ours_s, 3),
-                "fraction_of_bare": round(bare_s / ours_s, 3),
-                "steady_ratio_vs_pipeline": round(steady * pipe_s / len(texts), 3),
-                "steady_fraction_of_bare": round(steady * bare_s / len(texts), 3),
-                "max_abs_diff": float(max(np.abs(ours - pipe).max(), np.abs(ours - bare).max())),
-                # The forward ceiling on this device: the bare loop (same model, dtype, rows).
-                "fraction_of_forward_ceiling": round(steady * bare_s / len(texts), 3),
-            })
-            result.update(bench_backends.backend_figures(model_dir, texts, batch_size, labels,
-                                                         bare_s, bare, backend, ours_s, ours))
-        # ours_steady: at the steady rate (fixed cost left out), as if over all the rows.
-        result.update(efficiency(gpu, flops, tokens, {
-            "ours": ours_s, "ours_steady": len(texts) / steady if steady > 0 else None,
-            "pipeline": pipe_s, "bare": bare_s}))
-        result.setdefault("fraction_of_forward_ceiling", None)
+        setup = dict(model_dir=model_dir, texts=texts, labels=labels, paths=paths,
+                     batch_size=batch_size, backend=backend, use_gpu=use_gpu, compare=compare)
+        result = bench_rounds.combine(bench_rounds.run_rounds(
+            lambda i: _one_round(**setup), repeats))
+    result.update(files=files, device=device)
+    return result
+
+
+def _one_round(model_dir: str, texts: list[str], labels, paths: dict, batch_size: int,
+               backend: str, use_gpu: bool, compare: bool) -> dict:
+    """Every side once: ours (and its fixed cost) on a fresh local Ray cluster, then Ray shut
+    down and the pipeline, the bare loop and the backends' bare loops."""
+    import ray
+
+    from mlc_dist.artifacts import read_meta
+    from mlc_dist.runtime import init_ray
+    from mlc_dist.scale import forward_flops_per_token, worker_gpu_name
+
+    meta = read_meta(model_dir)
+    init_ray(min_cpus=1)
+    gpu = worker_gpu_name(use_gpu)  # what the scoring actor gets
+    with PeakRss() as rss:
+        ours_s, ours, summary = run_ours(model_dir, paths["input"],
+                                         os.path.join(paths["tmp"], "out"), batch_size, backend,
+                                         paths["sample"], use_gpu)
+    # Run second, on workers the first run warmed: a low fixed cost, a conservative rate.
+    fixed_s = run_ours(model_dir, paths["small"], os.path.join(paths["tmp"], "out-small"),
+                       batch_size, backend, paths["sample"], use_gpu)[0]
+    ray.shutdown()
+    tokens = token_count(model_dir, texts)
+    flops = forward_flops_per_token(meta.base_model, tokens / max(len(texts), 1)) \
+        if gpu else None
+    steady = (len(texts) - FIXED_ROWS) / max(ours_s - fixed_s, 1e-9)
+    result = {"rows": len(texts), "model": model_dir,
+              "ours_rows_per_s": round(len(texts) / ours_s, 1),
+              "ours_fixed_s": round(fixed_s, 1), "ours_steady_rows_per_s": round(steady, 1),
+              "peak_rss_mb": round(rss.peak / 2**20),
+              "rows_quarantined": summary["rows_quarantined"], "batch_size": batch_size,
+              "tokens": tokens}
+    pipe_s = bare_s = None
+    if compare:
+        pipe_s, pipe = run_pipeline(model_dir, texts, batch_size, "cuda" if use_gpu else "cpu")
+        bare_s, bare = run_bare(model_dir, texts, batch_size, "cuda" if use_gpu else "cpu")
+        result.update({
+            "pipeline_rows_per_s": round(len(texts) / pipe_s, 1),
+            "bare_rows_per_s": round(len(texts) / bare_s, 1),
+            "ratio_vs_pipeline": round(pipe_s / ours_s, 3),
+            "fraction_of_bare": round(bare_s / ours_s, 3),
+            "steady_ratio_vs_pipeline": round(steady * pipe_s / len(texts), 3),
+            "steady_fraction_of_bare": round(steady * bare_s / len(texts), 3),
+            "max_abs_diff": float(max(np.abs(ours - pipe).max(), np.abs(ours - bare).max())),
+            # The forward ceiling on this device: the bare loop (same model, dtype, rows).
+            "fraction_of_forward_ceiling": round(steady * bare_s / len(texts), 3),
+        })
+        result.update(bench_backends.backend_figures(model_dir, texts, batch_size, labels,
+                                                     bare_s, bare, backend, ours_s, ours))
+    # ours_steady: at the steady rate (fixed cost left out), as if over all the rows.
+    result.update(efficiency(gpu, flops, tokens, {
+        "ours": ours_s, "ours_steady": len(texts) / steady if steady > 0 else None,
+        "pipeline": pipe_s, "bare": bare_s}))
+    result.setdefault("fraction_of_forward_ceiling", None)
     return result

@@ -293,6 +293,8 @@ def scale(job: JobArg, set_: SetOpt = None,
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures.")
+RepeatsOpt = Annotated[int, typer.Option(
+    min=1, help="Rounds, each running every side once; figures are medians with their spread")]
 app.add_typer(bench_app, name="bench")
 
 
@@ -300,12 +302,15 @@ app.add_typer(bench_app, name="bench")
 def bench_train(job: Annotated[str, typer.Option(help="Job YAML (CSV/TSV train + validation)")]
                 = "jobs/goemotions.yaml", set_: SetOpt = None,
                 samples: Annotated[int, typer.Option(help="Training rows (1 epoch)")] = 2048,
-                val_rows: Annotated[int, typer.Option(help="Validation rows")] = 1000):
-    """Our training path vs the HF Trainer recipe (padding to 128) on the same rows: one JSON line."""
+                val_rows: Annotated[int, typer.Option(help="Validation rows")] = 1000,
+                repeats: RepeatsOpt = 3):
+    """Our training path vs the HF Trainer recipe (padding to 128) on the same rows, each side
+    run `repeats` times interleaved: one JSON line of medians with their spread."""
     from mlc_dist.bench import bench_train as run_bench
     from mlc_dist.config import load_job
 
-    _run(lambda: _echo(json.dumps(run_bench(load_job(job, set_), samples, val_rows))))
+    _run(lambda: _echo(json.dumps(run_bench(load_job(job, set_), samples, val_rows,
+                                            repeats=repeats))))
 
 
 @bench_app.command("score")
@@ -321,13 +326,15 @@ def bench_score(rows: Annotated[int, typer.Option(
                 files: Annotated[int, typer.Option(
                     help="Split the rows over this many Parquet files (a nightly drop)")] = 1,
                 backend: Annotated[str, typer.Option(
-                    help="score.backend of our job: torch | onnx | onnx-int8")] = "torch"):
+                    help="score.backend of our job: torch | onnx | onnx-int8")] = "torch",
+                repeats: RepeatsOpt = 3):
     """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model; with
-    the ONNX fp32/int8 and torch int8 bare loops against fp32."""
+    the ONNX fp32/int8 and torch int8 bare loops against fp32. Every side runs `repeats` times
+    interleaved: one JSON line of medians with their spread."""
     from mlc_dist.bench_score import run_bench
 
     _echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir,
-                                                 files, backend))))
+                                                 files, backend, repeats=repeats))))
 
 
 #: Accepted anywhere on the line (click takes a group's options only before the command).
