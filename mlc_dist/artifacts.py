@@ -122,12 +122,12 @@ def load_export(directory: str, trust_remote_code: bool = False,
     An object-store export is read from this machine's content-keyed copy (storage.local_copy); a
     local one through its link resolved once (storage.publish_dir swaps versions). With
     `expected_digest` (storage.export_digest), a different export is refused. Importing
-    mlc_dist.models registers our own model classes with the Auto* classes.
+    mlc_dist.models.build registers our own model classes with the Auto* classes.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    import mlc_dist.models  # noqa: F401
+    import mlc_dist.models.build  # noqa: F401 - registers our classes with the Auto* classes
 
     directory = verify_export(directory, expected_digest)
     meta = read_meta(directory)
