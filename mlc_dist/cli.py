@@ -327,14 +327,17 @@ def bench_score(rows: Annotated[int, typer.Option(
                     help="Split the rows over this many Parquet files (a nightly drop)")] = 1,
                 backend: Annotated[str, typer.Option(
                     help="score.backend of our job: torch | onnx | onnx-int8")] = "torch",
-                repeats: RepeatsOpt = 3):
+                repeats: RepeatsOpt = 3,
+                pipeline: Annotated[bool, typer.Option(
+                    help="Also run transformers.pipeline (the slowest side)")] = True):
     """Our scoring job vs transformers.pipeline vs a bare torch loop, same rows and model; with
     the ONNX fp32/int8 and torch int8 bare loops against fp32. Every side runs `repeats` times
     interleaved: one JSON line of medians with their spread."""
     from mlc_dist.bench_score import run_bench
 
     _echo(json.dumps(_run(lambda: run_bench(rows, batch_size, compare, data_file, model_dir,
-                                                 files, backend, repeats=repeats))))
+                                                 files, backend, repeats=repeats,
+                                                 pipeline=pipeline))))
 
 
 #: Accepted anywhere on the line (click takes a group's options only before the command).
