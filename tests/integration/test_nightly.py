@@ -158,7 +158,8 @@ def test_bench_score_prints_the_comparison(model_dir, tmp_path, join_env):
     tsv.write_text("".join(f"{t}\tx\tid\n" for t in
                            generate(40, seed=3).column("comment_text").to_pylist()))
     cmd = [sys.executable, "-m", "mlc_dist.cli", "bench", "score", "--rows", "120", "--files",
-           "3", "--model-dir", model_dir, "--data-file", str(tsv), "--backend", "onnx"]
+           "3", "--model-dir", model_dir, "--data-file", str(tsv), "--backend", "onnx",
+           "--repeats", "2"]
     done = subprocess.run(cmd, env={**join_env, "PYTHONPATH": REPO}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -174,3 +175,11 @@ def test_bench_score_prints_the_comparison(model_dir, tmp_path, join_env):
                 "decision_flip_rate", "int8_decision_flip_rate", "max_auc_drop"):
         assert key in figures, key
     assert figures["int8_max_abs_diff_vs_fp32"] > 0 and figures["auc_against"] == "fp32 decisions"
+    # Two rounds, every side in each: the figures are the medians of the rounds' own.
+    rounds = figures["per_round"]
+    assert figures["rounds"] == 2 and len(rounds["ours_rows_per_s"]) == 2
+    for key in ("ours_rows_per_s", "bare_rows_per_s", "onnx_rows_per_s", "fraction_of_bare"):
+        if key not in rounds:  # the two rounds gave the same figure: kept as it is
+            continue
+        assert figures[key] == pytest.approx(sum(rounds[key]) / 2, abs=1e-3), key
+        assert figures["spread"][key] == [min(rounds[key]), max(rounds[key])], key
