@@ -9,6 +9,7 @@ Prints figures; asserts nothing about time.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -107,10 +108,12 @@ def ingest_job(train: str, validation: str, output_dir: str, train_steps: int):
         "scaling": {"num_workers": 1, "use_gpu": torch.cuda.is_available()}}, "bench-ingest")
 
 
-def ray_ingest(job, tokenizer_path: str) -> tuple[int, float, int]:
-    """(rows, seconds, the driver's peak RSS in bytes) for Ray Data reading, validating
-    (Normalize) and tokenizing data.train as training's datasets do (data.read_labelled, then
-    data.encode), every block pulled through the driver's iterator as it streams."""
+def ray_ingest(job, tokenizer_path: str) -> tuple[int, float, int, int | None]:
+    """(rows, seconds, the driver's peak RSS in bytes, tokenize tasks) for Ray Data reading,
+    validating (Normalize) and tokenizing data.train as training's datasets do
+    (data.read_labelled, then data.encode), every block pulled through the driver's iterator as
+    it streams. Tokenize tasks: how many Ray Data ran (from its stats), at most the cores that
+    tokenized at once; one task per read block, and Ray's Parquet reader sizes those."""
     from mlc_dist import data
 
     cfg = job.data
@@ -122,7 +125,8 @@ def ray_ingest(job, tokenizer_path: str) -> tuple[int, float, int]:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows += block.num_rows
         seconds = time.perf_counter() - started
-    return rows, seconds, rss.peak
+    match = re.search(r"MapBatches\(Tokenize\): (\d+) tasks executed", ds.stats())
+    return rows, seconds, rss.peak, int(match.group(1)) if match else None
 
 
 @contextmanager
@@ -197,8 +201,8 @@ def run_bench(rows: int = 1_000_000, files: int = 8, train_steps: int = 30) -> d
         tokenizer_path = resolve_model_path(job.model.name)
         init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
         small_job = job.model_copy(update={"data": job.data.model_copy(update={"train": small})})
-        rows_small, small_s, rss_small = ray_ingest(small_job, tokenizer_path)
-        rows_seen, ray_s, rss = ray_ingest(job, tokenizer_path)
+        rows_small, small_s, rss_small, _ = ray_ingest(small_job, tokenizer_path)
+        rows_seen, ray_s, rss, tasks = ray_ingest(job, tokenizer_path)
         waits = train_wait(job) if train_steps > 0 else {
             "data_wait_fraction": None, "data_wait_fraction_max": None}
         ray.shutdown()
@@ -212,6 +216,7 @@ def run_bench(rows: int = 1_000_000, files: int = 8, train_steps: int = 30) -> d
         "ray_rows_per_s": round(ray_rate, 1),
         "single_process_rows_per_s": round(single_rate, 1),
         "ratio_vs_cores_x_single": round(ray_rate / (cores * single_rate), 3),
+        "ray_tokenize_tasks": tasks,
         "driver_peak_rss_mb": round(rss / 2**20),
         "rows_small": rows // 10,
         "ray_rows_per_s_small": round(rows_small / small_s, 1),
