@@ -57,17 +57,19 @@ def export_bench_model(directory: str, num_labels: int = 28) -> str:
 
 
 class PeakRss:
-    """Peak summed RSS of this process and all its descendants (the local Ray cluster)."""
+    """Peak summed RSS of this process and all its descendants (the local Ray cluster); of this
+    process alone with `children=False` (the driver)."""
 
-    def __init__(self, every_s: float = 0.2):
+    def __init__(self, every_s: float = 0.2, children: bool = True):
         self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self.children = children
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self):
         me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            for p in [me, *(me.children(recursive=True) if self.children else [])]:
                 try:
                     total += p.memory_info().rss
                 except psutil.Error:

@@ -340,6 +340,22 @@ def bench_score(rows: Annotated[int, typer.Option(
                                                  pipeline=pipeline))))
 
 
+@bench_app.command("ingest")
+def bench_ingest(rows: Annotated[int, typer.Option(
+                     help="Rows of the generated Jigsaw-layout corpus (and a tenth of them)")]
+                 = 1_000_000,
+                 files: Annotated[int, typer.Option(help="Parquet files the rows are split over")]
+                 = 8,
+                 train_steps: Annotated[int, typer.Option(
+                     help="Steps of a 1-worker training run on it, for its data wait (0: none)")]
+                 = 30):
+    """Ray Data read -> validate -> tokenize vs one process tokenizing, the driver's memory, and
+    the fraction of step time training waits on its data: one JSON line."""
+    from mlc_dist.bench_ingest import run_bench
+
+    _echo(json.dumps(_run(lambda: run_bench(rows, files, train_steps))))
+
+
 #: Accepted anywhere on the line (click takes a group's options only before the command).
 _VERBOSITY_FLAGS = {"-q": -1, "--quiet": -1, "-v": 1, "--verbose": 1}
 

@@ -238,6 +238,14 @@ def _per_s(amount: float, seconds: float | None) -> float | None:
     return amount / seconds if seconds else None
 
 
+def data_wait_figures(state: TrainState) -> dict:
+    """Of the steady step time, the fraction spent blocked on the next batch: rank 0's and the
+    most any rank waited (the rank the input pipeline starves first); None before a steady step."""
+    known = [f for f in state.data_wait_fractions if f is not None]
+    return {"data_wait_fraction": state.data_wait_fractions[0] if state.data_wait_fractions
+            else None, "data_wait_fraction_max": max(known, default=None)}
+
+
 def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, exported: TrainState,
               final: dict, timing: dict, export_dir: str, thresholds: list[float],
               evaluation: dict | None, selection: dict | None, per_epoch: int) -> dict:
@@ -262,6 +270,7 @@ def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, export
         if state.first_step_time else None,
         "steady_samples_per_s": _per_s(state.steady_samples, state.steady_time_s),
         "steady_tokens_per_s": _per_s(state.steady_tokens, state.steady_time_s),
+        **data_wait_figures(state),
         "throughput_warmup_steps": job.train.throughput_warmup_steps,
         "num_workers": job.scaling.num_workers,
         "worker_nodes": state.worker_nodes,  # Ray node id of each rank

@@ -41,6 +41,10 @@ class TrainState:
     steady_time_s: float = 0.0
     steady_samples: int = 0
     steady_tokens: int = 0
+    # Of steady_time_s, the time this rank spent blocked on its data iterator (StepClock.timed);
+    # each rank's fraction of steady step time waiting, gathered at checkpoints (rank order).
+    steady_data_wait_s: float = 0.0
+    data_wait_fractions: list[float | None] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,30 +95,52 @@ class StepClock:
     """Time to the first optimizer step, and throughput after the first `warmup` steps.
 
     Steady figures sum only the gaps between consecutive steps of one epoch, so evaluation,
-    checkpoints and epoch ends never count as training time.
+    checkpoints and epoch ends never count as training time; of each gap, the time spent waiting
+    for the data iterator's next batch (`timed`) is the data wait. `timer`: a monotonic clock
+    for those gaps (the first step's wall time is time.time(), comparable with the driver's).
     """
 
-    def __init__(self, state: TrainState, warmup: int):
-        self.state, self.warmup, self.steps, self.mark = state, warmup, 0, None
+    def __init__(self, state: TrainState, warmup: int, timer=time.perf_counter):
+        self.state, self.warmup, self.steps, self.mark, self.timer = state, warmup, 0, None, timer
+        self._waited = 0.0  # blocked on the data since the last step
         state.loop_start_time, state.first_step_time = time.time(), None
         state.steady_time_s, state.steady_samples, state.steady_tokens = 0.0, 0, 0
+        state.steady_data_wait_s = 0.0
 
     def epoch_start(self) -> None:
-        self.mark = None
+        self.mark, self._waited = None, 0.0
+
+    def timed(self, batches):
+        """`batches`, each next() timed: one perf_counter pair per batch, no device sync."""
+        it = iter(batches)
+        while True:
+            started = self.timer()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self._waited += self.timer() - started
+            yield batch
 
     def step(self, tokens=None) -> None:
         """`tokens`: the global token count so far, a device tensor while the train loop keeps
         it there (no host sync per step; `sync` turns the sums into ints at log steps)."""
-        state, now = self.state, time.time()
+        state, now = self.state, self.timer()
         tokens = state.train_tokens if tokens is None else tokens
         self.steps += 1
         if state.first_step_time is None:
-            state.first_step_time = now
+            state.first_step_time = time.time()
         if self.mark is not None and self.steps > self.warmup:
             state.steady_time_s += now - self.mark[0]
             state.steady_samples += state.train_samples - self.mark[1]
             state.steady_tokens = state.steady_tokens + (tokens - self.mark[2])
-        self.mark = (now, state.train_samples, tokens)
+            state.steady_data_wait_s += self._waited
+        self.mark, self._waited = (now, state.train_samples, tokens), 0.0
+
+    def data_wait_fraction(self) -> float | None:
+        """This rank's steady step time spent waiting on its data, 0..1; None before any."""
+        state = self.state
+        return state.steady_data_wait_s / state.steady_time_s if state.steady_time_s else None
 
     def sync(self) -> None:
         """Device-side token sums -> ints in the state (before it is logged or saved)."""

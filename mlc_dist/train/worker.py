@@ -403,8 +403,19 @@ class Worker:
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
         shutil.rmtree(directory, ignore_errors=True)
 
+    def gather_data_wait(self) -> None:
+        """Every rank's fraction of steady step time spent waiting on its data, in rank order,
+        into the state rank 0 saves: one gather per checkpoint, none per step."""
+        fraction = self.clock.data_wait_fraction() if self.clock is not None else None
+        fractions = [fraction]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            fractions = [None] * dist.get_world_size()
+            dist.all_gather_object(fractions, fraction)
+        self.state.data_wait_fractions = fractions
+
     def save_checkpoint(self, val_arrays: dict | None) -> str:
         self.sync_counters()
+        self.gather_data_wait()
         self.count_time()
         self.meta.extra["step"] = self.state.global_step  # the export says where it came from
         directory = tempfile.mkdtemp(prefix="mlc_ckpt_")
@@ -435,7 +446,7 @@ def train_loop_per_worker(config: dict) -> None:
     while not w.finished():
         w.start_timing()
         clock.epoch_start()
-        for batch in w.batches():
+        for batch in clock.timed(w.batches()):  # times each wait for the next batch
             if not w.train_step(batch):
                 continue  # inside a gradient accumulation window
             clock.step(w.tokens_seen())
