@@ -63,7 +63,8 @@ def run_ours(job: JobConfig) -> dict:
     s = fit(job)
     return {"samples_per_s": s["train_samples_per_s"], "tokens_per_s": s["train_tokens_per_s"],
             "val_auc": s["val_mean_auc"], "samples": s["train_samples"],
-            "seconds_to_first_step": s["time_to_first_step_s"]}
+            "seconds_to_first_step": s["time_to_first_step_s"],
+            **{f"startup_{k}": v for k, v in s["startup"].items()}}
 
 
 def _rows(ds) -> tuple[list[str], np.ndarray]:
@@ -209,4 +210,6 @@ def _train_round(ours_job: JobConfig, sub: JobConfig, i: int, max_length: int,
         "ours_tokens_per_s": ours["tokens_per_s"], "hf_trainer_tokens_per_s": hf["tokens_per_s"],
         "ours_wall_s_incl_startup": ours_wall,
         "ours_seconds_to_first_step": ours["seconds_to_first_step"],
+        # Where that time went (metrics.json's startup): driver, workers, model, first batch, step.
+        **{f"ours_{k}": v for k, v in ours.items() if k.startswith("startup_")},
     }

@@ -143,7 +143,7 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
     for name in done:
         log.info("%s: committed by an earlier run for the same input and model, skipped", name)
     pending = [(path, name) for path, name in zip(files, names) if name not in done]
-    started = time.perf_counter()
+    started, first_rows = time.perf_counter(), {}
     unchanged = not pending and not plan["removed"] and not plan["strays"]  # changed: pending
     if unchanged and manifest.is_complete(out.uri):
         committed = {}
@@ -152,7 +152,7 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
         if pending:
             init_ray(min_cpus=(job.score.num_actors or 1) * job.scaling.cpus_per_worker)
         committed = _score_pending(job, pending, identities, (model_dir, meta, mid, digest), out,
-                                   lease.check)
+                                   lease.check, first_rows)
     records = [{**done, **committed}[name] for name in names]
     elapsed = time.perf_counter() - started
     totals = {k: sum(r[k] for r in records) for k in
@@ -169,6 +169,8 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
             "parts_skipped": len(done), "parts_removed": len(plan["removed"]),
             "parts_rescored": len(plan["changed"]),
             "strays_removed": len(plan["strays"]), "seconds": elapsed,
+            # Ray's start (when not running), the actors' start and model load, the first window.
+            "seconds_to_first_row": round(first_rows["at"] - started, 2) if first_rows else None,
             "rows_per_s": new_rows / max(elapsed, 1e-9), "output": out.uri, "model": model_dir,
             "model_id": mid, "run_id": out.run_id}
 
@@ -192,15 +194,16 @@ def _publish(job: JobConfig, out: Output, lease: Lease, content: dict) -> None:
 
 
 def _score_pending(job: JobConfig, pending: list[tuple[str, str]], identities: dict,
-                   model: tuple, out: Output, check) -> dict[str, dict]:
-    """Score and commit every pending file; {part name: its record}."""
+                   model: tuple, out: Output, check, first_rows: dict) -> dict[str, dict]:
+    """Score and commit every pending file; {part name: its record}. `first_rows["at"]`: when
+    the first scored rows reached the driver (perf_counter)."""
     meta = model[1]
     groups = list(_schema_groups(job, meta, pending, identities))
     total_rows = sum(f.rows_in for group in groups for f in group)
     records, fault_after = {}, int(os.environ.get(FAULT_ENV, "0") or 0)
     with progress.scoring(total_rows, len(pending)) as display:
         for group in groups:
-            for record in _score_group(job, group, model, out, display, check):
+            for record in _score_group(job, group, model, out, display, check, first_rows):
                 records[record["part"]] = record
                 display.part_committed(record["part"], record["rows_out"],
                                        record["rows_quarantined"])
@@ -272,7 +275,7 @@ def _path_key(path: str) -> str:
 
 
 def _score_group(job: JobConfig, group: list[InputFile], model: tuple, out: Output, display,
-                 check):
+                 check, first_rows: dict):
     """Score files of one schema in one streaming dataset; yield each part's record right after
     its commit. A part commits when its rows out + quarantined reach its rows in."""
     model_dir, meta, mid, digest = model
@@ -295,6 +298,7 @@ def _score_group(job: JobConfig, group: list[InputFile], model: tuple, out: Outp
     ds.context.execution_options.preserve_order = True  # parts complete, and commit, in order
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            first_rows.setdefault("at", time.perf_counter())
             of_row = batch.column(data.PATH).to_numpy(zero_copy_only=False)
             for key in dict.fromkeys(of_row):
                 part = parts.get(key)

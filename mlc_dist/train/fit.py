@@ -238,6 +238,19 @@ def _per_s(amount: float, seconds: float | None) -> float | None:
     return amount / seconds if seconds else None
 
 
+def startup_figures(timing: dict, state: TrainState) -> dict:
+    """Where the time before the first optimizer step went, in seconds, in order: the driver
+    from fit() to the trainer's start (Ray, reading and splitting the data), Ray Train to rank
+    0's training function (controller, placement, worker processes, imports), the model and
+    engine (tokenizer, weights, DDP/DeepSpeed, resume), the first batch (Ray Data's first
+    blocks through tokenizing), and the first step itself. None where not reached."""
+    marks = [("driver_s", timing.get("fit_at")), ("workers_s", timing["started_at"]),
+             ("model_s", state.worker_start_time), ("first_batch_s", state.ready_time),
+             ("first_step_s", state.first_batch_time), (None, state.first_step_time)]
+    return {name: round(end - start, 2) if start is not None and end is not None else None
+            for (name, start), (_, end) in zip(marks, marks[1:])}
+
+
 def data_wait_figures(state: TrainState) -> dict:
     """Of the steady step time, the fraction spent blocked on the next batch: rank 0's and the
     most any rank waited (the rank the input pipeline starves first); None before a steady step."""
@@ -268,6 +281,7 @@ def summarize(job: JobConfig, prepared: data.Prepared, state: TrainState, export
         # From trainer.fit() (worker start, model load, first batches) to the first optimizer step.
         "time_to_first_step_s": state.first_step_time - timing["started_at"]
         if state.first_step_time else None,
+        "startup": startup_figures(timing, state),
         "steady_samples_per_s": _per_s(state.steady_samples, state.steady_time_s),
         "steady_tokens_per_s": _per_s(state.steady_tokens, state.steady_time_s),
         **data_wait_figures(state),
@@ -294,6 +308,7 @@ def fit(job: JobConfig) -> dict:
     from mlc_dist.runs import claim_run_dir
     from mlc_dist.runtime import init_ray
 
+    fit_at = time.time()
     claim_run_dir(job)  # a rerun with other settings moves the old run aside instead of resuming
     init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
     job = textspec.resolve_job(job)  # data.text_columns/text_template: the separator spelled out
@@ -304,7 +319,7 @@ def fit(job: JobConfig) -> dict:
     with progress.training(inputs.num_steps) as sink:
         result = build_trainer(job, inputs, sink).fit()
     resume.raise_if_resume_failed(out_dir)
-    timing = {"wall": time.perf_counter() - started, "started_at": started_at}
+    timing = {"wall": time.perf_counter() - started, "started_at": started_at, "fit_at": fit_at}
     checkpoint, final, selection = select_checkpoint(result, job.train)
     exported, export_dir, val = export_checkpoint(checkpoint, out_dir, job.train)
     state = exported if checkpoint.path == result.checkpoint.path else read_state(

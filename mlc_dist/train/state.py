@@ -36,7 +36,12 @@ class TrainState:
     last_eval_step: int | None = None  # an evaluation of the same weights again does not count
     stopped_early_at: int | None = None
     # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
+    # Wall-clock times (time.time()) of rank 0's way to its first step, in this attempt: the
+    # training function entered, the model and engine ready (and resumed), the first batch in.
+    worker_start_time: float | None = None
+    ready_time: float | None = None
     loop_start_time: float | None = None
+    first_batch_time: float | None = None
     first_step_time: float | None = None
     steady_time_s: float = 0.0
     steady_samples: int = 0
@@ -104,6 +109,7 @@ class StepClock:
         self.state, self.warmup, self.steps, self.mark, self.timer = state, warmup, 0, None, timer
         self._waited = 0.0  # blocked on the data since the last step
         state.loop_start_time, state.first_step_time = time.time(), None
+        state.first_batch_time = None
         state.steady_time_s, state.steady_samples, state.steady_tokens = 0.0, 0, 0
         state.steady_data_wait_s = 0.0
 
@@ -120,6 +126,8 @@ class StepClock:
             except StopIteration:
                 return
             self._waited += self.timer() - started
+            if self.state.first_batch_time is None:
+                self.state.first_batch_time = time.time()
             yield batch
 
     def step(self, tokens=None) -> None:

@@ -432,6 +432,7 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict) -> None:
+    entered = time.time()
     logs.configure(config.get("verbosity", 0))
     w = Worker(config)
     try:
@@ -440,6 +441,7 @@ def train_loop_per_worker(config: dict) -> None:
         log.error("%s", error)
         return  # not an error for Ray: a restart would only fail the same way
     w.record_placement()
+    w.state.worker_start_time, w.state.ready_time = entered, time.time()  # this attempt's
     state, tcfg = w.state, w.job.train
     clock = w.clock = StepClock(state, tcfg.throughput_warmup_steps)
     w.engine.model.train()

@@ -87,7 +87,11 @@ def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_p
 def test_scores_match_single_process_reference(model_dir, tmp_path, ray_cluster):
     inputs = write_inputs(tmp_path / "in", [130])
     job = validate_job(job_tree(model_dir, str(inputs), str(tmp_path / "out"), batch_size=7))
-    scoring.run(job)
+    summary = scoring.run(job)
+    # The time to the first scored rows is part of the run's, and a rerun that scores nothing
+    # has none.
+    assert 0 < summary["seconds_to_first_row"] <= summary["seconds"]
+    assert scoring.run(job)["seconds_to_first_row"] is None
     table = scoring.read_scores(str(tmp_path / "out"))
     source = pq.read_table(inputs)
     by_id = dict(zip(source.column("id").to_pylist(), source.column("comment_text").to_pylist()))

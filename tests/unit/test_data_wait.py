@@ -80,3 +80,26 @@ def test_metrics_report_rank_0_and_the_slowest_fed_rank():
     assert data_wait_figures(state) == {"data_wait_fraction": 0.1, "data_wait_fraction_max": 0.4}
     assert data_wait_figures(TrainState()) == {"data_wait_fraction": None,
                                                "data_wait_fraction_max": None}
+
+
+def test_startup_figures_split_the_time_to_the_first_step_in_order():
+    from mlc_dist.train.fit import startup_figures
+
+    state = TrainState(worker_start_time=112.5, ready_time=118.0, first_batch_time=121.25,
+                       first_step_time=122.0)
+    timing = {"fit_at": 100.0, "started_at": 104.0}
+    assert startup_figures(timing, state) == {"driver_s": 4.0, "workers_s": 8.5, "model_s": 5.5,
+                                              "first_batch_s": 3.25, "first_step_s": 0.75}
+    state.first_step_time = None  # a run that never stepped: that gap is unknown, not zero
+    assert startup_figures(timing, state)["first_step_s"] is None
+
+
+def test_the_clock_marks_the_first_batch_of_the_attempt():
+    import time
+
+    timer, state = Timer(), TrainState(first_batch_time=1.0)  # a checkpoint's old attempt
+    clock = StepClock(state, warmup=0, timer=timer)
+    assert state.first_batch_time is None
+    before = time.time()
+    run(clock, timer, waits=[0.5, 0.5], computes=[1.0, 1.0])
+    assert before <= state.first_batch_time <= state.first_step_time <= time.time()
