@@ -78,6 +78,12 @@ def test_export_and_metrics_json(trained):
     # Each validation row evaluated exactly once across the 2 ranks (none twice, none missed).
     assert [row["support"] for row in saved["validation"]["per_label"]] == \
         saved["data"]["validation"]["positives"]
+    # Where the time to the first step went: the parts after the driver's add up to it.
+    startup = saved["startup"]
+    assert all(startup[k] >= 0 for k in startup), startup
+    after_driver = sum(startup[k] for k in ("workers_s", "model_s", "first_batch_s",
+                                            "first_step_s"))
+    assert after_driver == pytest.approx(saved["time_to_first_step_s"], abs=0.03)
 
 
 def test_a_killed_ddp_worker_resumes_on_the_uninterrupted_trajectory(trained, tiny_bert,
