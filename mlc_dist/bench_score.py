@@ -250,7 +250,7 @@ def _one_round(model_dir: str, texts: list[str], labels, paths: dict, batch_size
     from mlc_dist.scale import forward_flops_per_token, worker_gpu_name
 
     meta = read_meta(model_dir)
-    init_ray(min_cpus=1)
+    init_ray(min_cpus=1, dashboard=False)  # as `mlc-dist score` starts it
     gpu = worker_gpu_name(use_gpu)  # what the scoring actor gets
     with PeakRss() as rss:
         ours_s, ours, summary = run_ours(model_dir, paths["input"],

@@ -150,7 +150,8 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
     else:
         manifest.unpublish(out)
         if pending:
-            init_ray(min_cpus=(job.score.num_actors or 1) * job.scaling.cpus_per_worker)
+            init_ray(min_cpus=(job.score.num_actors or 1) * job.scaling.cpus_per_worker,
+                     dashboard=False)  # no Ray Train here
         committed = _score_pending(job, pending, identities, (model_dir, meta, mid, digest), out,
                                    lease.check, first_rows)
     records = [{**done, **committed}[name] for name in names]
