@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlc_dist import storage
+from mlc_dist import runtime, storage
 from mlc_dist.bench_score import DEV_TSV, MAX_LENGTH, PeakRss, read_texts
 from mlc_dist.demo import JIGSAW_LABELS
 
@@ -172,10 +172,6 @@ def train_wait(job) -> dict:
             "train_batch_size": job.train.batch_size_per_worker}
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def run_bench(rows: int = 1_000_000, files: int = 8, train_steps: int = 30) -> dict:
     """Generate (or reuse) the corpus and a 10% one (its prefix), then on a local Ray cluster
     sized as training's: Ray Data ingest of the small corpus (which also starts Ray Data's
@@ -190,7 +186,6 @@ def run_bench(rows: int = 1_000_000, files: int = 8, train_steps: int = 30) -> d
     import ray
 
     from mlc_dist.models import resolve_model_path
-    from mlc_dist.runtime import init_ray
 
     pool, recipe = text_pool()
     folder, gen_s = write_corpus(rows, files, pool, recipe)
@@ -199,7 +194,7 @@ def run_bench(rows: int = 1_000_000, files: int = 8, train_steps: int = 30) -> d
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         job = ingest_job(folder, validation, tmp, train_steps)
         tokenizer_path = resolve_model_path(job.model.name)
-        init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
+        runtime.init_ray(min_cpus=job.scaling.num_workers * job.scaling.cpus_per_worker)
         small_job = job.model_copy(update={"data": job.data.model_copy(update={"train": small})})
         rows_small, small_s, rss_small, _ = ray_ingest(small_job, tokenizer_path)
         rows_seen, ray_s, rss, tasks = ray_ingest(job, tokenizer_path)
@@ -209,7 +204,7 @@ def run_bench(rows: int = 1_000_000, files: int = 8, train_steps: int = 30) -> d
     single_rows, single_s = single_process(folder, tokenizer_path)
     assert rows_seen == rows and rows_small == rows // 10 and single_rows == rows, \
         (rows_seen, rows_small, single_rows)
-    cores = _cores()
+    cores = runtime.usable_cores()
     ray_rate, single_rate = rows / ray_s, rows / single_s
     return {
         "rows": rows, "files": files, "cores": cores,

@@ -11,6 +11,14 @@ import ray
 log = logging.getLogger(__name__)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset), which
+    can be fewer than `os.cpu_count()` and than the logical CPUs a local Ray cluster advertises."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def init_ray(min_cpus: float = 0, dashboard: bool = True) -> None:
     """Join RAY_ADDRESS, or start a local cluster sized so Ray Data still gets CPUs.
 

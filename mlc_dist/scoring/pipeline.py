@@ -8,14 +8,13 @@ file layouts data/'s, what the outputs mean the output schema's (models/outputs.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pyarrow as pa
 import ray.data
 import torch
 
-from mlc_dist import data
+from mlc_dist import data, runtime
 from mlc_dist.data import textspec
 from mlc_dist.artifacts import ModelMeta
 from mlc_dist.config import SCORE_BATCH_CPU, SCORE_BATCH_GPU, JobConfig
@@ -65,8 +64,7 @@ def actor_threads(num_actors: int, reserved_cpus: float) -> int:
     worker node."""
     node = ray.get_runtime_context().get_node_id()
     cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(max(int(reserved_cpus), int(cpus) // num_actors), cores or 1))
+    return max(1, min(max(int(reserved_cpus), int(cpus) // num_actors), runtime.usable_cores()))
 
 
 class Scorer:
