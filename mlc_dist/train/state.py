@@ -35,14 +35,15 @@ class TrainState:
     evals_since_best: int = 0
     last_eval_step: int | None = None  # an evaluation of the same weights again does not count
     stopped_early_at: int | None = None
-    # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
     # Wall-clock times (time.time()) of rank 0's way to its first step, in this attempt: the
-    # training function entered, the model and engine ready (and resumed), the first batch in.
+    # training function entered, the model and engine ready (and resumed), the first batch in,
+    # the first step done (fit.startup_figures).
     worker_start_time: float | None = None
     ready_time: float | None = None
-    loop_start_time: float | None = None
     first_batch_time: float | None = None
     first_step_time: float | None = None
+    # Throughput since this attempt's loop started (StepClock); a resumed run measures anew.
+    loop_start_time: float | None = None
     steady_time_s: float = 0.0
     steady_samples: int = 0
     steady_tokens: int = 0
