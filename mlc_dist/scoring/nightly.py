@@ -171,7 +171,7 @@ def _run_locked(job: JobConfig, date, files, names, model, out: Output, overwrit
             "parts_rescored": len(plan["changed"]),
             "strays_removed": len(plan["strays"]), "seconds": elapsed,
             # Ray's start (when not running), the actors' start and model load, the first window.
-            "seconds_to_first_row": round(first_rows["at"] - started, 2) if first_rows else None,
+            "seconds_to_first_row": first_rows["at"] - started if first_rows else None,
             "rows_per_s": new_rows / max(elapsed, 1e-9), "output": out.uri, "model": model_dir,
             "model_id": mid, "run_id": out.run_id}
 
