@@ -181,7 +181,8 @@ def test_bench_score_prints_the_comparison(model_dir, tmp_path, join_env):
     assert figures["int8_max_abs_diff_vs_fp32"] > 0 and figures["auc_against"] == "fp32 decisions"
     # Two rounds, every side in each: the figures are the medians of the rounds' own.
     rounds = figures["per_round"]
-    assert figures["rounds"] == 2 and len(rounds["ours_rows_per_s"]) == 2
+    # (a figure the two rounds gave alike, to its rounding, is kept as it is, not listed)
+    assert figures["rounds"] == 2 and rounds and all(len(v) == 2 for v in rounds.values())
     # Peak memory only from the first round: the second would count the loops compared in round
     # one, whose heap stays with this process.
     assert "peak_rss_mb" not in rounds and "peak_rss_mb" not in figures["spread"]
