@@ -1,6 +1,7 @@
 """The models: construction and weights (build.py, which also registers our classes with
 transformers' Auto* classes), our model kinds (encoder.py, hf.py, mlp.py), heads and pooling
-(heads.py) and what the outputs mean (outputs.py).
+(heads.py), what the outputs mean (outputs.py) and, for scoring only, the last layer run at
+the one position a [CLS] head reads (readout.py).
 
 Importing the package is light on purpose: what needs only the output schema or the head names
 (reading an export's metadata, an ONNX scoring actor, the scoring driver) never pays for

@@ -29,7 +29,7 @@ OPSET = 20
 #: The TorchScript exporter's newest opset.
 OPSET_TS = 17
 #: Bump when the export or quantization recipe changes: a new recipe gets new cache files.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 #: An export whose ONNX graph differs from torch by more than this is refused.
 EXPORT_TOLERANCE = 1e-4
 #: Quantized ops: the weight matmuls (MatMul/Gemm). Embedding lookups (Gather) stay fp32: they
@@ -143,6 +143,8 @@ def export_onnx(model_dir: str, out_path: str) -> None:
     CPU provider than the dynamo exporter's (860 vs 770 rows/s, 2 threads; `mlc-dist bench
     score --backend onnx`). It is deprecated in torch 2.9+, so a model it cannot export, or a
     torch without it, gets the dynamo exporter's graph instead; either way the graph is checked.
+    A head that reads [CLS] only gets the graph with the last layer at [CLS] only
+    (`_export_first_token`), checked against the whole model.
     """
     from mlc_dist.artifacts import load_export
 
@@ -150,6 +152,8 @@ def export_onnx(model_dir: str, out_path: str) -> None:
     inputs = sample_inputs(meta, tokenizer, rows=3)
     wrapper = _Logits(model, list(inputs)).eval()
     check = sample_inputs(meta, tokenizer, rows=5)
+    if _export_first_token(model, tokenizer, wrapper, inputs, check, out_path, model_dir):
+        return
     try:
         _export_torchscript(wrapper, inputs, out_path)
         _check_graph(out_path, wrapper, check, model_dir)
@@ -166,6 +170,26 @@ def export_onnx(model_dir: str, out_path: str) -> None:
             f"({type(exc).__name__}: {reason}); use score.backend: "
             "torch") from exc
     _check_graph(out_path, wrapper, check, model_dir)
+
+
+def _export_first_token(model, tokenizer, reference, inputs, check, out_path,
+                        model_dir) -> bool:
+    """The graph of `models.readout.first_token_model` (last layer at [CLS] only: MiniLM-L6
+    scores 10% faster on ONNX Runtime's CPU provider), when the head reads [CLS] only and
+    the graph computes what the whole model computes; False otherwise (the whole model then)."""
+    from mlc_dist.models.readout import first_token_model
+
+    fast = first_token_model(model, data.padding_of(tokenizer)[1]) if tokenizer else None
+    if fast is None:
+        return False
+    try:
+        _export_torchscript(_Logits(fast, list(inputs)).eval(), inputs, out_path)
+        _check_graph(out_path, reference, check, model_dir)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure: export the whole model instead
+        log.info("%s: the graph with the last layer at [CLS] only did not hold (%s: %s); "
+                 "exporting the whole model", model_dir, type(exc).__name__, exc)
+        return False
 
 
 def _export_torchscript(wrapper: torch.nn.Module, inputs: dict, out_path: str) -> None:

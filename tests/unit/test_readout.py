@@ -1,0 +1,123 @@
+"""models.readout: the last layer computed at [CLS] only gives the whole model's logits, runs
+its feed-forward on one position, is used only for heads that read [CLS], and the ONNX export
+takes it or falls back to the whole model. CPU, tiny random-init models, no Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mlc_dist import data
+from mlc_dist.artifacts import load_export
+from mlc_dist.models import readout
+from mlc_dist.scoring import onnx_backend
+from .onnx_models import batch_for, export_kind
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLC_DIST_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from ..conftest import build_tiny_bert
+
+    torch.manual_seed(0)
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"), initializer_range=0.2)
+
+
+def _family(family, tmp_path):
+    from ..families import build_family
+
+    return build_family(family, tmp_path / "base", initializer_range=0.2)
+
+
+def _padded(model_dir: str):
+    """Model inputs of rows of different lengths, padded on the tokenizer's side."""
+    _, tokenizer, _ = load_export(model_dir)
+    batch = batch_for(model_dir)
+    padded = data.pad_batch({"input_ids": batch["input_ids"]}, *data.padding_of(tokenizer))
+    assert (padded["attention_mask"] == 0).any()  # some rows are padded
+    return {k: torch.from_numpy(v) for k, v in padded.items()}
+
+
+def _feed_forward_positions(model) -> list[int]:
+    """(positions each encoder layer's feed-forward runs on, filled per forward; the hooks)."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
+             for name, m in model.named_modules() if name.endswith("intermediate")]
+    return seen, hooks
+
+
+@pytest.mark.parametrize("family,head", [("bert", "linear"), ("bert", "multi_binary"),
+                                         ("roberta", "linear")])
+def test_last_layer_at_cls_gives_the_whole_models_logits(family, head, tiny_bert, tmp_path):
+    base = tiny_bert if family == "bert" else _family(family, tmp_path)
+    exp = export_kind(tmp_path / "export", base, "hf", head, "cls")
+    model, tokenizer, _ = load_export(exp)
+    fast = readout.first_token_model(model.eval(), tokenizer.padding_side)
+    assert fast is not None
+    inputs = _padded(exp)
+    seen, hooks = _feed_forward_positions(fast)
+    with torch.inference_mode():
+        want, got = model(**inputs).logits, fast(**inputs).logits
+    for h in hooks:
+        h.remove()
+    width = inputs["input_ids"].shape[1]
+    # Every layer but the last on every position; the last on [CLS] alone.
+    assert seen == [width] * (len(seen) - 1) + [1] and width > 1
+    assert want.std() > 0.5  # logits that differ between rows
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # rounding: other shapes
+    assert not isinstance(model.base_model.encoder.layer[-1] if head == "linear"
+                          else model.encoder.encoder.layer[-1], readout.FirstTokenLayer)
+
+
+@pytest.mark.parametrize("case", ["mean pooling", "cls pooling padded left", "xlnet",
+                                  "distilbert"])
+def test_heads_reading_more_than_cls_or_other_layers_keep_the_whole_model(case, tiny_bert,
+                                                                          tmp_path):
+    if case in ("xlnet", "distilbert"):
+        exp = export_kind(tmp_path / "export", _family(case, tmp_path), "hf", "linear", "cls")
+    else:
+        exp = export_kind(tmp_path / "export", tiny_bert, "hf", "multi_binary",
+                          "mean" if case == "mean pooling" else "cls")
+    model, tokenizer, _ = load_export(exp)
+    side = "left" if case == "cls pooling padded left" else tokenizer.padding_side
+    assert readout.first_token_model(model, side) is None
+
+
+def test_onnx_export_takes_the_cls_graph_and_falls_back_when_it_does_not_hold(
+        tiny_bert, tmp_path, monkeypatch):
+    exp = export_kind(tmp_path / "export", tiny_bert, "hf", "linear", "cls")
+    model, tokenizer, meta = load_export(exp)
+    inputs = onnx_backend.sample_inputs(meta, tokenizer, rows=3)
+    check = onnx_backend.sample_inputs(meta, tokenizer, rows=5)
+    reference = onnx_backend._Logits(model, list(inputs)).eval()
+    with torch.inference_mode():
+        want = reference(*(torch.from_numpy(v) for v in check.values())).numpy()
+    path = str(tmp_path / "fast.onnx")
+    assert onnx_backend._export_first_token(model, tokenizer, reference, inputs, check, path,
+                                            exp)
+    np.testing.assert_allclose(onnx_backend.OnnxModel(path, 1)(check), want, atol=1e-5, rtol=0)
+
+    # A first-token model that computes something else is caught by the graph check: the
+    # export falls back to the whole model, whose graph scores as torch does.
+    right = readout.first_token_model
+
+    def wrong(model, padding_side):
+        fast = right(model, padding_side)
+        with torch.no_grad():
+            fast.classifier.bias.add_(1.0)
+        return fast
+
+    monkeypatch.setattr(readout, "first_token_model", wrong)
+    assert not onnx_backend._export_first_token(model, tokenizer, reference, inputs, check,
+                                                str(tmp_path / "wrong.onnx"), exp)
+    onnx_backend.export_onnx(exp, str(tmp_path / "whole.onnx"))
+    np.testing.assert_allclose(onnx_backend.OnnxModel(str(tmp_path / "whole.onnx"), 1)(check),
+                               want, atol=1e-5, rtol=0)
