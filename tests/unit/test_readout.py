@@ -46,7 +46,7 @@ def _padded(model_dir: str):
     return {k: torch.from_numpy(v) for k, v in padded.items()}
 
 
-def _feed_forward_positions(model) -> list[int]:
+def _feed_forward_positions(model) -> tuple[list[int], list]:
     """(positions each encoder layer's feed-forward runs on, filled per forward; the hooks)."""
     seen = []
     hooks = [m.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
