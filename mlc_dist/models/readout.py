@@ -1,12 +1,11 @@
 """Scoring only: a classifier whose last encoder layer runs at the one position its head reads.
 
 A head that reads one token (BERT's pooler, RoBERTa's and ELECTRA's classification heads, our
-`cls` pooling on a right-padded family) uses the last layer's output at position 0 alone. The
-last layer's keys and values still need every position, but its queries, attention output,
-feed-forward and LayerNorm at the other positions feed nothing: about 14% of MiniLM-L6's
-FLOPs, 7% of a 12-layer BERT's. `first_token_model` returns a copy of the model whose last
-layer computes position 0 only, from the family's own modules and attention function; the other
-positions pass through unchanged and are never read.
+`cls` pooling on a right-padded family) uses the last layer's output at position 0 alone: the
+rest of the last layer feeds nothing. That is one layer in six of MiniLM-L6's FLOPs, one in
+twelve of BERT-base's. `first_token_model` returns a copy of the model whose last layer
+computes position 0 only (`FirstTokenLayer`, from the layer's own weights and modules); the
+other positions pass through unchanged and are never read.
 
 Used to export the ONNX graph (scoring/onnx_backend.py), which is checked against the unchanged
 model before use; never in training. A head that reads more (mean pooling, XLNet's last token)
@@ -16,7 +15,6 @@ or a layer not built like BERT's gets None: the whole model is exported.
 from __future__ import annotations
 
 import copy
-import sys
 
 import torch
 from torch import nn
@@ -26,9 +24,15 @@ FIRST_TOKEN_HEADS = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 
 
 class FirstTokenLayer(nn.Module):
-    """A BERT-style encoder layer computed at position 0 only: the query of [CLS] against the
-    keys and values of every position, then the layer's attention output and feed-forward.
-    Positions 1.. come back as they came in (stale: no head reads them)."""
+    """A BERT-style encoder layer computed at position 0 only: [CLS]'s query against every
+    position, then the layer's attention output and feed-forward. Positions 1.. come back as
+    they came in (stale: no head reads them).
+
+    With one query the keys and values need not be computed either: per head,
+    q.(W_k h_t + b_k) = (W_k^T q).h_t + q.b_k, whose last term is the same at every position
+    (softmax ignores it), and sum_t p_t (W_v h_t + b_v) = W_v (sum_t p_t h_t) + b_v, as the
+    p_t sum to 1. The whole layer costs about one position's projections.
+    """
 
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -36,25 +40,28 @@ class FirstTokenLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 *args, **kwargs) -> torch.Tensor:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         attn = self.layer.attention.self
-        batch, length, _ = hidden_states.shape
+        batch, _, width = hidden_states.shape
+        size = attn.attention_head_size
+        heads = attn.query.out_features // size
         first = hidden_states[:, :1]
-
-        def heads(x: torch.Tensor, rows: int) -> torch.Tensor:  # [B, heads, rows, head_size]
-            return x.view(batch, rows, -1, attn.attention_head_size).transpose(1, 2)
-
-        query = heads(attn.query(first), 1)
-        key, value = heads(attn.key(hidden_states), length), heads(attn.value(hidden_states),
-                                                                  length)
-        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[2] > 1:
-            attention_mask = attention_mask[:, :, :1]  # [B, 1, queries, keys]: [CLS]'s row
-        eager = sys.modules[type(attn).__module__].eager_attention_forward
-        attend = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
-        context, _ = attend(attn, query, key, value, attention_mask, dropout=0.0,
-                            scaling=attn.scaling)
-        out = self.layer.attention.output(context.reshape(batch, 1, -1), first)
+        # [heads, B, size]: [CLS]'s query per head
+        query = attn.query(first).view(batch, heads, size).transpose(0, 1)
+        w_key = attn.key.weight.view(heads, size, width)
+        w_value = attn.value.weight.view(heads, size, width)
+        # [B, heads, width] @ [B, width, T]: the query folded through W_k, against each position
+        folded = torch.matmul(query, w_key).transpose(0, 1)
+        scores = torch.matmul(folded, hidden_states.transpose(1, 2)) * attn.scaling
+        if attention_mask is not None:  # [B, 1, queries, T] or [B, 1, 1, T]: [CLS]'s row
+            row = attention_mask[:, 0, :1] if attention_mask.dim() == 4 else attention_mask[:, None]
+            scores = scores.masked_fill(~row, torch.finfo(scores.dtype).min) \
+                if row.dtype == torch.bool else scores + row.to(scores.dtype)
+        probs = torch.softmax(scores, dim=-1)  # [B, heads, T]
+        mixed = torch.matmul(probs, hidden_states).transpose(0, 1)  # [heads, B, width]
+        context = torch.matmul(mixed, w_value.transpose(1, 2)).transpose(0, 1)  # [B, heads, size]
+        if attn.value.bias is not None:
+            context = context + attn.value.bias.view(heads, size)
+        out = self.layer.attention.output(context.reshape(batch, 1, heads * size), first)
         out = self.layer.feed_forward_chunk(out)
         return torch.cat([out, hidden_states[:, 1:]], dim=1)
 
@@ -63,9 +70,9 @@ def _bert_style(layer: nn.Module) -> bool:
     attn = getattr(getattr(layer, "attention", None), "self", None)
     return (attn is not None and hasattr(layer.attention, "output")
             and hasattr(layer, "feed_forward_chunk")
-            and all(hasattr(attn, a) for a in ("query", "key", "value", "attention_head_size",
-                                               "scaling", "config"))
-            and hasattr(sys.modules[type(attn).__module__], "eager_attention_forward")
+            and all(isinstance(getattr(attn, a, None), nn.Linear) for a in ("query", "key", "value"))
+            and hasattr(attn, "attention_head_size") and hasattr(attn, "scaling")
+            and getattr(attn, "position_embedding_type", "absolute") == "absolute"
             and not getattr(layer, "add_cross_attention", False))
 
 

@@ -4,6 +4,8 @@ takes it or falls back to the whole model. CPU, tiny random-init models, no Ray.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -46,11 +48,19 @@ def _padded(model_dir: str):
     return {k: torch.from_numpy(v) for k, v in padded.items()}
 
 
-def _feed_forward_positions(model) -> tuple[list[int], list]:
-    """(positions each encoder layer's feed-forward runs on, filled per forward; the hooks)."""
-    seen = []
-    hooks = [m.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
-             for name, m in model.named_modules() if name.endswith("intermediate")]
+def _linear_positions(model) -> tuple[dict[tuple[int, str], int], list]:
+    """({(encoder layer, Linear's name in it): positions it ran on}, filled per forward; the
+    hooks). A wrapped layer's Linears are named as in the layer it wraps."""
+    seen = {}
+
+    def hook(key):
+        return lambda _m, args, _out: seen.__setitem__(key, args[0].shape[1])
+
+    hooks = []
+    for name, m in model.named_modules():
+        found = re.search(r"\.layer\.(\d+)\.(?:layer\.)?(.+)$", name)
+        if isinstance(m, torch.nn.Linear) and found:
+            hooks.append(m.register_forward_hook(hook((int(found[1]), found[2]))))
     return seen, hooks
 
 
@@ -63,14 +73,19 @@ def test_last_layer_at_cls_gives_the_whole_models_logits(family, head, tiny_bert
     fast = readout.first_token_model(model.eval(), tokenizer.padding_side)
     assert fast is not None
     inputs = _padded(exp)
-    seen, hooks = _feed_forward_positions(fast)
+    seen, hooks = _linear_positions(fast)
     with torch.inference_mode():
         want, got = model(**inputs).logits, fast(**inputs).logits
     for h in hooks:
         h.remove()
     width = inputs["input_ids"].shape[1]
-    # Every layer but the last on every position; the last on [CLS] alone.
-    assert seen == [width] * (len(seen) - 1) + [1] and width > 1
+    last = max(layer for layer, _ in seen)
+    # Every layer but the last: every projection on every position. The last: [CLS] only,
+    # and no key or value projection at all (folded into the query and the mixed states).
+    assert width > 1 and all(k == width for (layer, _), k in seen.items() if layer != last)
+    assert {name: k for (layer, name), k in seen.items() if layer == last} == {
+        "attention.self.query": 1, "attention.output.dense": 1, "intermediate.dense": 1,
+        "output.dense": 1}
     assert want.std() > 0.5  # logits that differ between rows
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # rounding: other shapes
     assert not isinstance(model.base_model.encoder.layer[-1] if head == "linear"
