@@ -53,7 +53,8 @@ class FirstTokenLayer(nn.Module):
         folded = torch.matmul(query, w_key).transpose(0, 1)
         scores = torch.matmul(folded, hidden_states.transpose(1, 2)) * attn.scaling
         if attention_mask is not None:  # [B, 1, queries, T] or [B, 1, 1, T]: [CLS]'s row
-            row = attention_mask[:, 0, :1] if attention_mask.dim() == 4 else attention_mask[:, None]
+            row = attention_mask[:, 0, :1] if attention_mask.dim() == 4 \
+                else attention_mask[:, None]
             scores = scores.masked_fill(~row, torch.finfo(scores.dtype).min) \
                 if row.dtype == torch.bool else scores + row.to(scores.dtype)
         probs = torch.softmax(scores, dim=-1)  # [B, heads, T]
@@ -70,7 +71,8 @@ def _bert_style(layer: nn.Module) -> bool:
     attn = getattr(getattr(layer, "attention", None), "self", None)
     return (attn is not None and hasattr(layer.attention, "output")
             and hasattr(layer, "feed_forward_chunk")
-            and all(isinstance(getattr(attn, a, None), nn.Linear) for a in ("query", "key", "value"))
+            and all(isinstance(getattr(attn, a, None), nn.Linear)
+                    for a in ("query", "key", "value"))
             and hasattr(attn, "attention_head_size") and hasattr(attn, "scaling")
             and getattr(attn, "position_embedding_type", "absolute") == "absolute"
             and not getattr(layer, "add_cross_attention", False))

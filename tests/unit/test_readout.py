@@ -136,3 +136,21 @@ def test_onnx_export_takes_the_cls_graph_and_falls_back_when_it_does_not_hold(
     onnx_backend.export_onnx(exp, str(tmp_path / "whole.onnx"))
     np.testing.assert_allclose(onnx_backend.OnnxModel(str(tmp_path / "whole.onnx"), 1)(check),
                                want, atol=1e-5, rtol=0)
+
+
+def test_the_cls_graph_quantizes_and_its_int8_scores_stay_close(tiny_bert, tmp_path):
+    """The folded last layer's weight products quantize like any MatMul (onnx-int8)."""
+    from mlc_dist.scoring import Scorer
+
+    exp = export_kind(tmp_path / "export", tiny_bert, "hf", "linear", "cls")
+    batch = batch_for(exp)
+
+    def scores(out):
+        return np.stack([v for k, v in out.items() if k.startswith("score_")], axis=1)
+
+    ref = scores(Scorer(exp, ["id"])(batch))
+    assert ref.std() > 0.15
+    np.testing.assert_allclose(scores(Scorer(exp, ["id"], backend="onnx")(batch)), ref,
+                               atol=1e-5, rtol=0)
+    diff = np.abs(scores(Scorer(exp, ["id"], backend="onnx-int8")(batch)) - ref)
+    assert 0 < diff.max() <= 0.1  # quantized (not fp32 again), and close
