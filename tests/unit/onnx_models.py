@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mlc_dist.labels import LabelSpace
@@ -10,6 +11,31 @@ from mlc_dist.labels import LabelSpace
 LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])
 SEVERITY = LabelSpace(("severity", "spam"), {"severity": ("none", "mild", "severe")})
 FEATURES = [f"f{i}" for i in range(5)]
+
+
+# Fixtures for the modules that export graphs; each module imports them by name.
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """Each importing module's own graph cache (MLC_DIST_CACHE), for all its tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLC_DIST_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A tiny BERT with wider initial weights than the session's: its CLS state varies with the
+    text, so scores spread (the shared one's CLS is near-constant)."""
+    from ..conftest import build_tiny_bert
+
+    torch.manual_seed(0)
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"), initializer_range=0.2)
+
+
+def scores(out: dict) -> np.ndarray:
+    """A Scorer output's score_ columns, [rows, outputs]."""
+    return np.stack([v for k, v in out.items() if k.startswith("score_")], axis=1)
 
 
 TEXTS = ["you are an idiot", "thanks for the references, very helpful",

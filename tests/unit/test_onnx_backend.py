@@ -14,39 +14,16 @@ from mlc_dist.artifacts import read_meta
 from mlc_dist.config import JobConfigError, validate_job
 from mlc_dist.scoring import Scorer
 from mlc_dist.scoring import onnx_backend, parity
-from .onnx_models import SEVERITY, batch_for, export_kind
+from .onnx_models import (SEVERITY, batch_for, export_kind, onnx_cache,  # noqa: F401 - fixtures
+                          scores, tiny_bert)
 
 INT8_TOLERANCE = 0.1  # max abs difference of int8 from fp32 scores on the tiny 32-wide model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLC_DIST_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A tiny BERT with wider initial weights than the session's: its CLS state varies with the
-    text, so scores spread (the shared one's CLS is near-constant)."""
-    import torch
-
-    from ..conftest import build_tiny_bert
-
-    torch.manual_seed(0)
-    return build_tiny_bert(tmp_path_factory.mktemp("bert"), initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_bert, tmp_path_factory):
     """hf encoder + mean pooling + multi_binary head, scores spread over (0, 1)."""
     return export_kind(tmp_path_factory.mktemp("export"), tiny_bert, "hf", "multi_binary", "mean")
-
-
-def scores(out: dict) -> np.ndarray:
-    return np.stack([v for k, v in out.items() if k.startswith("score_")], axis=1)
 
 
 def test_onnx_scores_equal_torch_fp32(exported):

@@ -1,6 +1,7 @@
 """models.readout: the last layer computed at [CLS] only gives the whole model's logits, runs
-its feed-forward on one position, is used only for heads that read [CLS], and the ONNX export
-takes it or falls back to the whole model. CPU, tiny random-init models, no Ray."""
+its projections on one position (no key or value projection), is used only for heads that read
+[CLS], and the ONNX export takes it or falls back to the whole model. CPU, tiny random-init
+models, no Ray."""
 
 from __future__ import annotations
 
@@ -14,23 +15,8 @@ from mlc_dist import data
 from mlc_dist.artifacts import load_export
 from mlc_dist.models import readout
 from mlc_dist.scoring import onnx_backend
-from .onnx_models import batch_for, export_kind
-
-
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLC_DIST_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    from ..conftest import build_tiny_bert
-
-    torch.manual_seed(0)
-    return build_tiny_bert(tmp_path_factory.mktemp("bert"), initializer_range=0.2)
+from .onnx_models import (batch_for, export_kind, onnx_cache,  # noqa: F401 - fixtures
+                          scores, tiny_bert)
 
 
 def _family(family, tmp_path):
@@ -144,9 +130,6 @@ def test_the_cls_graph_quantizes_and_its_int8_scores_stay_close(tiny_bert, tmp_p
 
     exp = export_kind(tmp_path / "export", tiny_bert, "hf", "linear", "cls")
     batch = batch_for(exp)
-
-    def scores(out):
-        return np.stack([v for k, v in out.items() if k.startswith("score_")], axis=1)
 
     ref = scores(Scorer(exp, ["id"])(batch))
     assert ref.std() > 0.15
