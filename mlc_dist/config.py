@@ -304,7 +304,9 @@ class ScoreConfig(_Section):
     max_chars: int = Field(20000, ge=1)
     # torch, or ONNX Runtime on CPU: onnx (fp32 graph, equal scores) / onnx-int8 (quantized,
     # gated on parity_sample: a file with the model's input columns, and labels if it has them).
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # auto: onnx on a CPU job in fp32 when the export's graph holds (parity.resolve_backend),
+    # else torch.
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     parity_sample: str | None = None
     # Quality gate: more quarantined rows than this fraction of rows in fails the run (exit 3).
     max_quarantine_fraction: float = Field(0.1, ge=0, le=1)
@@ -368,7 +370,7 @@ class JobConfig(_Section):
         if self.data.label_categories and self.model.head != "multi_category":
             raise ValueError("data.label_categories needs model.head: multi_category")
         sc = self.score
-        if sc.backend != "torch" and (self.scaling.use_gpu
+        if sc.backend in ("onnx", "onnx-int8") and (self.scaling.use_gpu
                                       or sc.precision not in ("auto", "fp32")):
             raise ValueError(f"score.backend: {sc.backend} runs ONNX Runtime on CPU in fp32 "
                              "(int8: its own quantization); use scaling.use_gpu: false and "

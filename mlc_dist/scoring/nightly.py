@@ -109,6 +109,7 @@ def run(job: JobConfig, date: str | None = None, overwrite: bool = False) -> dic
     meta = read_meta(local_model)
     # ONNX backends: the graph scores are made with is part of the model's identity (and
     # onnx-int8's parity gate runs here, before the lease: a refused graph exits 2).
+    job = parity.resolve_backend(job, model_dir)
     backend = parity.prepare_backend(job, model_dir)
     settings = {**scoring_settings(job.score), **(backend and {
         "backend": backend["backend"], "graph_sha256": backend["graph_sha256"]} or {})}

@@ -1,12 +1,14 @@
 """The int8 parity gate: before anything is scored with score.backend onnx-int8, the int8 graph's
 scores on a sample (score.parity_sample) are compared with torch fp32 per label, and the backend
 is refused if any label's AUC drops by more than MAX_AUC_DROP or more than MAX_FLIP_RATE of its
-thresholded decisions flip. Owns the comparison and the figures; not the manifest (commit.py).
+thresholded decisions flip. Owns the comparison and the figures, and which backend a job
+scores with (score.backend: auto); not the manifest (commit.py).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import numpy as np
@@ -15,6 +17,8 @@ from mlc_dist import data, storage
 from mlc_dist.config import SCORE_BATCH_CPU, JobConfig, JobConfigError
 from mlc_dist.data import textspec
 from mlc_dist.models.outputs import PRED_PREFIX, SCORE_PREFIX, OutputSchema
+
+log = logging.getLogger(__name__)
 
 MAX_AUC_DROP = 0.002
 MAX_FLIP_RATE = 0.005
@@ -157,6 +161,25 @@ def gate(figures: dict, model_dir: str) -> dict:
 @functools.lru_cache(maxsize=8)
 def _gated(model_dir: str, sample_path: str, batch_size: int, stamp: tuple) -> dict:
     return gate(check_int8(model_dir, sample_path, batch_size), model_dir)
+
+
+def resolve_backend(job: JobConfig, model_dir: str) -> JobConfig:
+    """`job` with score.backend made concrete: auto is onnx on a CPU job in fp32 whose export
+    has an ONNX graph that computes what torch computes (exported into this machine's cache
+    now, if not there yet), else torch, with the reason logged. Other backends pass as set."""
+    from mlc_dist.scoring.onnx_backend import OnnxBackendError, graph_path
+
+    sc = job.score
+    if sc.backend != "auto":
+        return job
+    backend = "torch"
+    if not job.scaling.use_gpu and sc.precision in ("auto", "fp32"):
+        try:
+            graph_path(model_dir, "onnx")
+            backend = "onnx"
+        except OnnxBackendError as exc:
+            log.warning("score.backend auto: scoring with torch (%s)", exc)
+    return job.model_copy(update={"score": sc.model_copy(update={"backend": backend})})
 
 
 def prepare_backend(job: JobConfig, model_dir: str) -> dict | None:

@@ -198,6 +198,7 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
     """Rows -> model inputs (tasks) -> Scorer actor pool (lazy); shared by score and evaluate."""
     from mlc_dist.scoring import parity
 
+    job = parity.resolve_backend(job, model_dir)
     sc = job.score
     num_actors = pool_size(job)
     # onnx-int8: the parity gate first (refuses a bad quantization); graphs made on the driver.

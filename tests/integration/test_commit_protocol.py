@@ -196,10 +196,11 @@ def test_changed_inputs_are_rescored_withdrawn_dropped_new_scored(model_dir, tmp
         scoring.run(job(other, inputs, out, output_format=fmt))
     with pytest.raises(JobConfigError, match="model id"):
         scoring.run(job(model_dir, inputs, out, precision="bf16", output_format=fmt))
-    # Only another backend: the ONNX graph is part of the model's identity.
+    # Only another backend (unset is the ONNX graph on CPU): the graph is part of the model's
+    # identity.
     if fmt == "parquet":  # (the same check for both formats: once is enough)
         with pytest.raises(JobConfigError, match="model id"):
-            scoring.run(job(model_dir, inputs, out, backend="onnx"))
+            scoring.run(job(model_dir, inputs, out, backend="torch"))
     # The other format on the same output: refused, never mixed.
     other_fmt = {"parquet": "delta", "delta": "parquet"}[fmt]
     with pytest.raises(JobConfigError, match=f"score.output_format {other_fmt}"):

@@ -20,6 +20,7 @@ from mlc_dist.config import validate_job
 from mlc_dist.data import DataError
 from mlc_dist.demo import generate
 from mlc_dist.labels import LabelSpace
+from mlc_dist.scoring.onnx_backend import onnx_digest
 from ..conftest import export_tiny_model
 
 LABELS = LabelSpace.from_names(["toxic", "insult", "threat"])
@@ -77,8 +78,12 @@ def test_killed_run_resumes_without_loss_duplicates_or_rewrites(model_dir, tmp_p
     assert sorted(table.column("id").to_pylist()) == sorted(source.column("id").to_pylist())
     manifest = json.loads((out / "_manifest.json").read_text())
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (160, 160, 0)
-    assert manifest["model_id"] == scoring.model_id(model_dir, scoring.scoring_settings(
-        validate_job(yaml.safe_load(job_file.read_text())).score))
+    # score.backend unset on a CPU job: the export's ONNX graph scored, and is in the model id.
+    graph = onnx_digest(model_dir, "onnx")
+    assert manifest["backend"] == {"backend": "onnx", "graph_sha256": graph}
+    assert manifest["model_id"] == scoring.model_id(model_dir, {**scoring.scoring_settings(
+        validate_job(yaml.safe_load(job_file.read_text())).score), "backend": "onnx",
+        "graph_sha256": graph})
     # No --date for a {date} path, and a bad date: user errors, exit code 2.
     no_date = subprocess.run(cmd[:-2], env=env, capture_output=True, text=True, timeout=300)
     assert no_date.returncode == 2 and "--date" in no_date.stderr

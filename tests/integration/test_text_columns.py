@@ -14,6 +14,7 @@ import pytest
 from mlc_dist import data, evaluate, metrics, scoring, train
 from mlc_dist.artifacts import read_meta
 from mlc_dist.config import validate_job
+from mlc_dist.scoring import parity
 from mlc_dist.data import textspec
 from mlc_dist.predict import predict_texts
 
@@ -72,12 +73,12 @@ def trained(tmp_path_factory, tiny_bert, ray_cluster):
     return job, summary, frame
 
 
-def scorer_probs(model_dir: str, texts: list[str]) -> np.ndarray:
+def scorer_probs(model_dir: str, texts: list[str], backend: str = "torch") -> np.ndarray:
     """What the Scorer gives for `texts` fed as the model's text (no columns involved)."""
     meta = read_meta(model_dir)
     batch = data.Tokenize(model_dir, meta.max_length, keep=[])(
         {data.TEXT: np.asarray(texts, dtype=object)})
-    out = scoring.Scorer(model_dir, [])(batch)
+    out = scoring.Scorer(model_dir, [], backend=backend)(batch)
     return np.stack([out[c] for c in meta.outputs.score_columns()], axis=1)
 
 
@@ -103,7 +104,11 @@ def test_score_predict_and_evaluate_build_the_same_text(trained):
     job, _, frame = trained
     model_dir = job.model_dir
     texts = [composed(r) for _, r in frame.iterrows()]
-    expected = scorer_probs(model_dir, texts)
+    # score and evaluate run the backend the job resolves to (the ONNX graph here: CPU, fp32);
+    # its scores equal torch's to 1e-5, but near-tied scores can swap and move an AUC.
+    backend = parity.resolve_backend(job, model_dir).score.backend
+    assert backend == "onnx"
+    expected = scorer_probs(model_dir, texts, backend)
     names = [f"score_{n}" for n in LABELS]
 
     summary = scoring.run(job)

@@ -229,3 +229,39 @@ def _tokens(model_dir, texts):
     from mlc_dist import data
 
     return data.Tokenize(model_dir, 64, keep=[])({"text": np.array(texts)})
+
+
+def test_auto_backend_scores_on_the_onnx_graph_on_cpu_in_fp32(exported):
+    """score.backend unset is auto: a CPU job in fp32 scores on the export's graph (made now);
+    a GPU job, or another precision, on torch."""
+    cpu = validate_job({"run": {"name": "x"}})
+    assert cpu.score.backend == "auto"
+    resolved = parity.resolve_backend(cpu, exported)
+    assert resolved.score.backend == "onnx" and cpu.score.backend == "auto"  # a copy
+    assert os.path.isfile(os.path.join(onnx_backend.cache_dir(exported), "model.onnx"))
+    assert parity.prepare_backend(resolved, exported)["backend"] == "onnx"
+    for keys in ({"scaling": {"use_gpu": True}}, {"score": {"precision": "bf16"}}):
+        job = validate_job({"run": {"name": "x"}, **keys})
+        assert parity.resolve_backend(job, exported).score.backend == "torch"
+    explicit = validate_job({"run": {"name": "x"}, "score": {"backend": "torch"}})
+    assert parity.resolve_backend(explicit, exported) is explicit
+
+
+def test_auto_backend_falls_back_to_torch_when_the_model_does_not_export(
+        tiny_bert, tmp_path, monkeypatch, caplog):
+    """A model neither exporter takes: auto scores on torch and says why; onnx is refused."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(onnx_backend, "_export_torchscript", fail)
+    monkeypatch.setattr(onnx_backend, "_export_dynamo", fail)
+    # A cache of its own: the module's may hold this export's graph from an earlier test.
+    monkeypatch.setenv("MLC_DIST_CACHE", str(tmp_path / "cache"))
+    model_dir = export_kind(tmp_path, tiny_bert, "hf", "linear", "cls")
+    job = validate_job({"run": {"name": "x"}})
+    with caplog.at_level("WARNING", logger="mlc_dist.scoring.parity"):
+        assert parity.resolve_backend(job, model_dir).score.backend == "torch"
+    assert "scoring with torch" in caplog.text and "aten::frobnicate" in caplog.text
+    onnx_job = validate_job({"run": {"name": "x"}, "score": {"backend": "onnx"}})
+    with pytest.raises(onnx_backend.OnnxBackendError, match="does not export to ONNX"):
+        parity.prepare_backend(onnx_job, model_dir)
