@@ -297,16 +297,31 @@ class OnnxModel:
 
 
 
-def load_onnx(model_dir: str, backend: str, num_threads: int | None = None):
+def load_onnx(model_dir: str, backend: str, num_threads: int | None = None,
+              expected_sha256: str | None = None):
     """(OnnxModel, tokenizer or None, meta) for an export: the Scorer's inputs for `backend`,
-    without loading the torch weights (the graph is exported from them on first use only)."""
+    without loading the torch weights (the graph is exported from them on first use only).
+
+    `expected_sha256`: the graph the job identified (its model id holds it); a node whose own
+    graph differs (another torch or onnxruntime there) is refused rather than scoring under
+    that id."""
     from mlc_dist.artifacts import read_meta
 
     local = storage.local_copy(model_dir)
     meta = read_meta(local)
     has_tokenizer = os.path.isfile(os.path.join(local, "tokenizer_config.json"))
     tokenizer = data.load_tokenizer(local) if has_tokenizer else None
-    return OnnxModel(graph_path(model_dir, backend), num_threads), tokenizer, meta
+    path = graph_path(model_dir, backend)
+    found = file_digest(path) if expected_sha256 else None
+    if found != expected_sha256:
+        import socket
+
+        raise OnnxBackendError(
+            f"{model_dir}: the {backend} graph on {socket.gethostname()} ({path}, sha256 "
+            f"{found[:16]}) is not the one this job identified ({expected_sha256[:16]}"
+            "): its torch or onnxruntime differ from the driver's; install the same versions "
+            "on every node, or use score.backend: torch")
+    return OnnxModel(path, num_threads), tokenizer, meta
 
 
 def export_graphs(model_dir: str, backends=("onnx", "onnx-int8")) -> dict:

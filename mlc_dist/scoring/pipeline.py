@@ -80,7 +80,8 @@ class Scorer:
     def __init__(self, model_dir: str, passthrough: list[str], precision: str = "fp32",
                  num_threads: int | None = None, batch_size: int | None = None,
                  backend: str = "torch",
-                 export_digest: str | None = None, pad_to_multiple_of: int = 1):
+                 export_digest: str | None = None, pad_to_multiple_of: int = 1,
+                 graph_digest: str | None = None):
         from mlc_dist.artifacts import load_export, verify_export
         from mlc_dist.scoring.onnx_backend import load_onnx
 
@@ -89,7 +90,9 @@ class Scorer:
         self.onnx = None
         if backend != "torch":  # an ONNX Runtime session (CPU, fp32 or int8 graph)
             verify_export(model_dir, export_digest)
-            self.onnx, tokenizer, self.meta = load_onnx(model_dir, backend, num_threads)
+            # graph_digest: the graph the job identified; another one on this node is refused.
+            self.onnx, tokenizer, self.meta = load_onnx(model_dir, backend, num_threads,
+                                                        graph_digest)
         else:
             # export_digest: the export the job identified; a replaced one is refused.
             self.model, tokenizer, self.meta = load_export(model_dir,
@@ -152,10 +155,11 @@ class _PoolScorer(Scorer):
     """A Scorer in a Ray Data actor pool: threads decided on the actor's own node."""
 
     def __init__(self, model_dir, passthrough, precision, threads, batch_size, num_actors,
-                 reserved_cpus, backend="torch", export_digest=None, pad_to_multiple_of=1):
+                 reserved_cpus, backend="torch", export_digest=None, pad_to_multiple_of=1,
+                 graph_digest=None):
         super().__init__(model_dir, passthrough, precision,
                          threads or actor_threads(num_actors, reserved_cpus), batch_size, backend,
-                         export_digest, pad_to_multiple_of)
+                         export_digest, pad_to_multiple_of, graph_digest)
 
 
 def passthrough_columns(job: JobConfig, meta: ModelMeta, names: list[str]) -> list[str]:
@@ -202,13 +206,14 @@ def score_dataset(job: JobConfig, ds: ray.data.Dataset, model_dir: str, max_leng
     sc = job.score
     num_actors = pool_size(job)
     # onnx-int8: the parity gate first (refuses a bad quantization); graphs made on the driver.
-    parity.prepare_backend(job, model_dir)
+    backend = parity.prepare_backend(job, model_dir) or {}
     ds = data.encode(ds, job.data, model_dir, max_length, keep=passthrough)
     return ds.map_batches(
         _PoolScorer, fn_constructor_args=(model_dir, passthrough, sc.precision,
                                           sc.threads_per_actor, batch_size, num_actors,
                                           job.scaling.cpus_per_worker, sc.backend,
-                                          export_digest, job.pad_multiple),
+                                          export_digest, job.pad_multiple,
+                                          backend.get("graph_sha256")),
         batch_size=sc.window_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if job.scaling.use_gpu else 0, num_cpus=job.scaling.cpus_per_worker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from mlc_dist.config import validate_job
 from mlc_dist.data import DataError
 from mlc_dist.demo import generate
 from mlc_dist.labels import LabelSpace
+from mlc_dist.scoring import onnx_backend
 from mlc_dist.scoring.onnx_backend import onnx_digest
 from ..conftest import export_tiny_model
 
@@ -196,3 +198,20 @@ def test_bench_score_prints_the_comparison(model_dir, tmp_path, join_env):
             continue
         assert figures[key] == pytest.approx(sum(rounds[key]) / 2, abs=1e-3), key
         assert figures["spread"][key] == [min(rounds[key]), max(rounds[key])], key
+
+
+def test_an_actor_whose_node_made_another_graph_refuses_to_score(model_dir, tmp_path,
+                                                                 ray_cluster, monkeypatch):
+    """The driver identifies the ONNX graph (model id); each actor loads its own node's graph.
+    Here the driver's cache holds another graph for the export (as a node with another torch or
+    onnxruntime would make): the actors refuse it, and nothing is committed."""
+    inputs = write_inputs(tmp_path / "in", [20])
+    out = tmp_path / "out"
+    monkeypatch.setenv("MLC_DIST_CACHE", str(tmp_path / "driver-cache"))  # actors: their own
+    int8 = onnx_backend.graph_path(model_dir, "onnx-int8")
+    shutil.copyfile(int8, onnx_backend.graph_path(model_dir, "onnx"))  # the "other" graph
+    job = validate_job(job_tree(model_dir, str(inputs), str(out)))
+    # Raised in the actor's constructor: Ray's ActorDiedError carries the message.
+    with pytest.raises(Exception, match="is not the one this job identified"):
+        scoring.run(job)
+    assert not list(out.glob("part-*")) and not (out / "_SUCCESS").exists()

@@ -265,3 +265,18 @@ def test_auto_backend_falls_back_to_torch_when_the_model_does_not_export(
     onnx_job = validate_job({"run": {"name": "x"}, "score": {"backend": "onnx"}})
     with pytest.raises(onnx_backend.OnnxBackendError, match="does not export to ONNX"):
         parity.prepare_backend(onnx_job, model_dir)
+
+
+def test_scorer_refuses_a_graph_other_than_the_one_the_job_identified(exported):
+    """Actors load the graph of their own node's cache; one that is not the graph in the job's
+    model id (another torch or onnxruntime on that node) is refused, naming both digests."""
+    batch = batch_for(exported)
+    digest = onnx_backend.onnx_digest(exported, "onnx")
+    ref = Scorer(exported, ["id"], backend="onnx")(batch)
+    got = Scorer(exported, ["id"], backend="onnx", graph_digest=digest)(batch)
+    np.testing.assert_array_equal(scores(got), scores(ref))
+    other = onnx_backend.onnx_digest(exported, "onnx-int8")
+    with pytest.raises(onnx_backend.OnnxBackendError,
+                       match=f"sha256 {digest[:16]}.* not the one this job identified "
+                             f"\\({other[:16]}\\)"):
+        Scorer(exported, ["id"], backend="onnx", graph_digest=other)
