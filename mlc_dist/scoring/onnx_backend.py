@@ -9,6 +9,7 @@ export or a new recipe gets new files, and files are only ever created by an ato
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -92,6 +93,15 @@ def _create(path: str, write) -> None:
 
 
 def file_digest(path: str) -> str:
+    """sha256 of a file, hashed once per version of it in this process: a job asks for its
+    graph's digest several times (model id, scoring, manifest), and cache files only ever change
+    by an atomic rename (a new inode and mtime)."""
+    st = os.stat(path)
+    return _digest(path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
