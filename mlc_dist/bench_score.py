@@ -39,6 +39,44 @@ def read_texts(path: str, rows: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(rows)]
 
 
+def read_data(path: str, rows: int, meta) -> tuple[list[str], np.ndarray | None]:
+    """The bench's texts, repeated to `rows` (0: the file once), and their labels [N, L] (0/1)
+    when the file has them for every one of the export's labels, else None.
+
+    A `.tsv` is GoEmotions-style (text, label ids "2,27", id: the default data). Any other file
+    is a table in the export's own layout (CSV, Parquet, JSON Lines; the Jigsaw `train.csv` of
+    `mlc-dist demo-data`): its text column, and label columns named as the labels."""
+    from mlc_dist.config import JobConfigError
+    from mlc_dist.scoring.parity import read_table
+
+    if path.lower().endswith(".tsv"):
+        return read_texts(path, rows), bench_backends.read_labels(path, rows,
+                                                                  len(meta.label_space))
+    table = read_table(path, "bench score --data-file")
+    columns = textspec.input_columns(meta)
+    if len(columns) != 1 or meta.text_pair_column or columns[0] not in table.column_names:
+        raise JobConfigError(f"bench score --data-file: {path} needs the model's one text "
+                             f"column {columns} (has {table.column_names}); the bench does not "
+                             "build texts from several columns or pairs")
+    column = columns[0]
+    texts = ["" if t is None else str(t) for t in table.column(column).to_pylist()]
+    names = meta.label_space.names
+    labels = None
+    if not meta.label_space.categories and all(n in table.column_names for n in names):
+        labels = np.stack([table.column(n).to_numpy(zero_copy_only=False) for n in names],
+                          axis=1)
+        bad = [n for j, n in enumerate(names) if not np.isin(labels[:, j], (0, 1)).all()]
+        if bad:
+            raise JobConfigError(f"bench score --data-file: {path}: label columns {bad} hold "
+                                 "values other than 0/1 (Jigsaw's -1 for rows not scored?)")
+        labels = labels.astype(np.int8)
+    if rows > 0:
+        index = np.arange(rows) % len(texts)
+        texts = [texts[i] for i in index]
+        labels = None if labels is None else labels[index]
+    return texts, labels
+
+
 def export_bench_model(directory: str, num_labels: int = 28) -> str:
     from transformers import AutoTokenizer
 
@@ -215,11 +253,10 @@ def run_bench(rows: int = 20000, batch_size: int | None = None, compare: bool = 
     device = "cuda" if use_gpu else "cpu"
     batch_size = batch_size or default_batch_size(torch.device(device))
     data_file = data_file or os.path.abspath(DEV_TSV)
-    texts = read_texts(data_file, rows)
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         model_dir = model_dir or export_bench_model(os.path.join(tmp, "model"))
         meta = read_meta(model_dir)
-        labels = bench_backends.read_labels(data_file, rows, len(meta.label_space))
+        texts, labels = read_data(data_file, rows, meta)
         columns = textspec.input_columns(meta)
         paths = {"input": _write_input(os.path.join(tmp, "input"), texts, columns, files),
                  "small": _write_input(os.path.join(tmp, "small"), texts[:FIXED_ROWS], columns),

@@ -320,7 +320,10 @@ def bench_score(rows: Annotated[int, typer.Option(
                     help="Rows per forward pass (default: 64 on CPU, 256 on a GPU)")] = None,
                 compare: Annotated[bool, typer.Option(
                     help="Also run the transformers pipeline and the bare loop")] = True,
-                data_file: Annotated[Optional[str], typer.Option(help="GoEmotions-style TSV")] = None,
+                data_file: Annotated[Optional[str], typer.Option(
+                    help="GoEmotions-style TSV (default: its dev set), or a CSV/Parquet/JSONL "
+                         "table in the model's layout (text column; label columns optional)")]
+                = None,
                 model_dir: Annotated[Optional[str], typer.Option(
                     help="An exported model (default: MiniLM with a fresh head)")] = None,
                 files: Annotated[int, typer.Option(

@@ -28,13 +28,15 @@ class ParityError(JobConfigError):
     """The int8 graph disagrees with fp32 beyond the limits; the message names the figures."""
 
 
-def _read_table(path: str):
+def read_table(path: str, what: str = "score.parity_sample"):
+    """A whole CSV (`.csv`), TSV (`.tsv`), JSON Lines (`.jsonl`/`.json`) or Parquet file, local or
+    in an object store; `what` names the setting in the not-found error."""
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
     if not storage.is_file(path):
-        raise FileNotFoundError(f"score.parity_sample: {path} does not exist")
+        raise FileNotFoundError(f"{what}: {path} does not exist")
     fs, inner = storage.filesystem(path)
     ext = os.path.splitext(path)[1].lower()
     with fs.open_input_file(inner) as f:
@@ -51,7 +53,7 @@ def read_sample(path: str, model_dir: str, meta) -> tuple[dict, dict[str, np.nda
 
     The file needs the model's input columns (its text column(s), or its feature columns);
     label columns named as the labels are optional: 0/1, or a category (name or index)."""
-    table = _read_table(path)
+    table = read_table(path)
     needed = meta.feature_columns or [*textspec.input_columns(meta),
                                       *filter(None, [meta.text_pair_column])]
     missing = [c for c in needed if c not in table.column_names]
