@@ -17,6 +17,7 @@ import yaml
 
 from mlc_dist import scoring
 from mlc_dist.artifacts import load_export
+from mlc_dist.cli import _user_error
 from mlc_dist.config import validate_job
 from mlc_dist.data import DataError
 from mlc_dist.demo import generate
@@ -211,7 +212,8 @@ def test_an_actor_whose_node_made_another_graph_refuses_to_score(model_dir, tmp_
     int8 = onnx_backend.graph_path(model_dir, "onnx-int8")
     shutil.copyfile(int8, onnx_backend.graph_path(model_dir, "onnx"))  # the "other" graph
     job = validate_job(job_tree(model_dir, str(inputs), str(out)))
-    # Raised in the actor's constructor: Ray's ActorDiedError carries the message.
-    with pytest.raises(Exception, match="is not the one this job identified"):
+    with pytest.raises(Exception, match="is not the one this job identified") as refused:
         scoring.run(job)
+    # Its type survives Ray (not an ActorDiedError holding its text): the CLI exits 2 with it.
+    assert isinstance(_user_error(refused.value), onnx_backend.OnnxBackendError)
     assert not list(out.glob("part-*")) and not (out / "_SUCCESS").exists()
