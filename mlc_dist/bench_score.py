@@ -47,12 +47,12 @@ def read_data(path: str, rows: int, meta) -> tuple[list[str], np.ndarray | None]
     is a table in the export's own layout (CSV, Parquet, JSON Lines; the Jigsaw `train.csv` of
     `mlc-dist demo-data`): its text column, and label columns named as the labels."""
     from mlc_dist.config import JobConfigError
-    from mlc_dist.scoring.parity import read_table
+    from mlc_dist.scoring.parity import load_table
 
     if path.lower().endswith(".tsv"):
         return read_texts(path, rows), bench_backends.read_labels(path, rows,
                                                                   len(meta.label_space))
-    table = read_table(path, "bench score --data-file")
+    table = load_table(path, "bench score --data-file")
     columns = textspec.input_columns(meta)
     if len(columns) != 1 or meta.text_pair_column or columns[0] not in table.column_names:
         raise JobConfigError(f"bench score --data-file: {path} needs the model's one text "

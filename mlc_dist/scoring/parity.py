@@ -28,9 +28,10 @@ class ParityError(JobConfigError):
     """The int8 graph disagrees with fp32 beyond the limits; the message names the figures."""
 
 
-def read_table(path: str, what: str = "score.parity_sample"):
-    """A whole CSV (`.csv`), TSV (`.tsv`), JSON Lines (`.jsonl`/`.json`) or Parquet file, local or
-    in an object store; `what` names the setting in the not-found error."""
+def load_table(path: str, what: str = "score.parity_sample"):
+    """A whole small CSV (`.csv`), TSV (`.tsv`), JSON Lines (`.jsonl`/`.json`) or Parquet file,
+    local or in an object store, read at once into memory (data.read_table is the lazy, streaming
+    reader for corpora); `what` names the setting in the not-found error."""
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
@@ -53,7 +54,7 @@ def read_sample(path: str, model_dir: str, meta) -> tuple[dict, dict[str, np.nda
 
     The file needs the model's input columns (its text column(s), or its feature columns);
     label columns named as the labels are optional: 0/1, or a category (name or index)."""
-    table = read_table(path)
+    table = load_table(path)
     needed = meta.feature_columns or [*textspec.input_columns(meta),
                                       *filter(None, [meta.text_pair_column])]
     missing = [c for c in needed if c not in table.column_names]
