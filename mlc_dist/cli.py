@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Annotated, Optional
 
@@ -22,38 +21,17 @@ def _user_error(exc: BaseException) -> BaseException | None:
     """The project's own error inside whatever Ray wrapped it in, if that is what this is."""
     from mlc_dist.config import JobConfigError
     from mlc_dist.data import as_data_error
+    from mlc_dist.runtime import raised_remotely
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (JobConfigError, FileNotFoundError)):
             return exc
-        found = as_data_error(exc) or _config_error_in_text(exc)
+        found = as_data_error(exc) or raised_remotely(exc, JobConfigError)
         if found is not None:
             return found
         exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _config_error_in_text(exc: BaseException):
-    """Our JobConfigError (or a subclass) raised in a Ray worker or actor constructor, rebuilt
-    from the text Ray keeps of it (an ActorDiedError or Ray Data's UserCodeException holds the
-    remote traceback as text, not the exception), e.g. an actor refusing its node's ONNX graph."""
-    import importlib
-
-    from mlc_dist.config import JobConfigError
-
-    for module, name, message in re.findall(r"\b(mlc_dist(?:\.\w+)*)\.(\w+): (.+)",
-                                            str(exc)):
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if isinstance(cls, type) and issubclass(cls, JobConfigError):
-            try:
-                return cls(message.strip())
-            except TypeError:  # a subclass with its own constructor: the message is what counts
-                return JobConfigError(message.strip())
     return None
 
 

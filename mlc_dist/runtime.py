@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import re
 import sys
 
 import ray
 
 log = logging.getLogger(__name__)
+
+
+def raised_remotely(exc: BaseException, base: type[BaseException]) -> BaseException | None:
+    """Our exception of class `base` (or a subclass) raised in a Ray task or actor, rebuilt from
+    the text Ray hands back: an actor's constructor error arrives as ActorDiedError and a Ray
+    Data UDF's as UserCodeException, each holding the remote traceback as text only, which names
+    the class by its module ("mlc_dist.data.read.DataError: <message>"). None if there is none."""
+    for module, name, message in re.findall(r"\b(mlc_dist(?:\.\w+)*)\.(\w+): (.+)", str(exc)):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, base):
+            try:
+                return cls(message.strip())
+            except TypeError:  # a subclass with its own constructor: the message is what counts
+                return base(message.strip())
+    return None
 
 
 def usable_cores() -> int:

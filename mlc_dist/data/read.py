@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray.data
 from ray.data.datasource import FileBasedDatasource
 
-from mlc_dist import storage
+from mlc_dist import runtime, storage
 from mlc_dist.config import DataConfig
 from mlc_dist.data import rows, textspec
 
@@ -32,12 +31,7 @@ class DataError(ValueError):
 
 def as_data_error(exc: BaseException) -> DataError | None:
     """The DataError a Ray Data task raised, recovered from Ray's wrapper (which keeps only text)."""
-    if isinstance(exc, DataError):
-        return exc
-    # Ray names the class by its module: mlc_dist.data.read.DataError (mlc_dist.data.DataError
-    # before data became a package).
-    match = re.search(r"mlc_dist\.data(?:\.\w+)?\.DataError: (.+)", str(exc))
-    return DataError(match.group(1).strip()) if match else None
+    return exc if isinstance(exc, DataError) else runtime.raised_remotely(exc, DataError)
 
 
 def expand_paths(paths: str | list[str]) -> list[str]:
